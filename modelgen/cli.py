@@ -1,0 +1,137 @@
+"""`modelgen`: the offline commands (stats, plan; build, eval, report, dataset as they land)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from edvit.config import ConfigError, DevicesFile, load_config
+from modelgen.planning import PlanError, contiguous_groups, make_plan
+from modelgen.planning.plan import Plan
+from modelgen.sizing import vit_stats
+from modelgen.vit_shape import ShapeError, ViTShape, parse_arch
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback, exit status 2."""
+
+
+def _shape(args: argparse.Namespace) -> ViTShape:
+    try:
+        return parse_arch(args.arch)
+    except ShapeError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _cmd_stats(args: argparse.Namespace) -> None:
+    shape = _shape(args)
+    if args.heads is not None:
+        shape = shape.with_heads(args.heads)
+    stats = vit_stats(shape, args.num_classes)
+    if args.json:
+        print(json.dumps(stats.to_json()))
+        return
+    print(
+        f"{stats.arch}: {stats.heads} heads, embed {stats.embed_dim}, depth {stats.depth}\n"
+        f"  params {stats.params:,}  size {stats.size_mib:.2f} MiB (fp32)\n"
+        f"  {stats.gmacs:.3f} GMACs (linear + conv), {stats.gmacs_total:.3f} with attention"
+    )
+
+
+def _print_plan(plan: Plan) -> None:
+    budget = f"{plan.budget_mib:g} MiB" if plan.budget_mib is not None else "none"
+    print(f"{plan.arch}, {plan.num_classes} classes, budget {budget}, rate {plan.rate_hz:g} Hz")
+    for s in plan.submodels:
+        print(
+            f"  {s.id}: classes {s.classes}  heads {s.heads}  embed {s.embed_dim}  "
+            f"{s.size_mib:.2f} MiB  {s.gmacs:.3f} GMACs"
+        )
+    print(f"  total {plan.total_mib:.2f} MiB")
+    if plan.devices is not None:
+        print(f"assignment ({plan.solver_used}), makespan {plan.makespan_s:.4f} s")
+        for d in plan.devices:
+            print(
+                f"  {d.id}: {', '.join(d.submodels) or '-'}  "
+                f"{d.used_mib:.2f}/{d.memory_mib:g} MiB  latency {d.latency_s:.4f} s"
+            )
+    if plan.solver_note:
+        print(f"note: {plan.solver_note}")
+
+
+def _cmd_plan(args: argparse.Namespace) -> None:
+    shape = _shape(args)
+    devices = None
+    if args.devices is not None:
+        devices = load_config(args.devices, DevicesFile).devices
+    n = args.num_submodels or (len(devices) if devices else 0)
+    try:
+        groups = contiguous_groups(args.num_classes, n)
+        plan = make_plan(
+            shape,
+            args.num_classes,
+            groups,
+            devices=devices,
+            budget_mib=args.budget_mib,
+            rate_hz=args.rate_hz,
+            solver=args.solver,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps(plan.to_json()))
+    else:
+        _print_plan(plan)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelgen", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def arch_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--arch", required=True, help="timm name (vit_base_patch16_224) or vit:...")
+        p.add_argument("--num-classes", type=_positive_int, required=True)
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    stats = sub.add_parser("stats", help="params, fp32 MiB and GMACs of one ViT shape")
+    arch_args(stats)
+    stats.add_argument("--heads", type=_positive_int, help="the ED-ViT sub-model with K heads")
+    stats.set_defaults(func=_cmd_stats)
+
+    plan = sub.add_parser("plan", help="sub-model heads and device assignment, no training")
+    arch_args(plan)
+    target = plan.add_mutually_exclusive_group(required=True)
+    target.add_argument("--devices", help="YAML devices file")
+    target.add_argument("--num-submodels", type=_positive_int, help="N without devices")
+    plan.add_argument("--budget-mib", type=float, help="total memory budget of all sub-models")
+    plan.add_argument("--rate-hz", type=float, default=1.0, help="samples per second per device")
+    plan.add_argument("--solver", choices=["greedy", "optimal"], default="optimal")
+    plan.set_defaults(func=_cmd_plan)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (CliError, PlanError) as exc:
+        print(f"modelgen {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigError as exc:
+        print(f"modelgen {args.command}: invalid config\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""Planning: class groups, sub-model heads under a memory budget (Alg. 1), device assignment."""
+
+from modelgen.planning.assign import Assignment, DeviceCapacity, Item, assign_greedy, assign_optimal
+from modelgen.planning.groups import contiguous_groups, group_ids
+from modelgen.planning.plan import Plan, PlanError, SubmodelPlan, make_plan
+
+__all__ = [
+    "Assignment",
+    "DeviceCapacity",
+    "Item",
+    "Plan",
+    "PlanError",
+    "SubmodelPlan",
+    "assign_greedy",
+    "assign_optimal",
+    "contiguous_groups",
+    "group_ids",
+    "make_plan",
+]
