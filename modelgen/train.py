@@ -1,0 +1,124 @@
+"""One training loop for every stage: AdamW, linear warm-up then cosine decay, random shifts.
+
+The base model, the distilled sub-models and the fusion MLP differ only in their targets
+and loss, so they share `fit`; `predict` runs any model over an array in batches.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from edvit.config.recipe import TrainSpec
+
+LossFn = Callable[[torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a generator for the loop's own draws."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def random_shift(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Shift each sample by up to `shift` pixels along H and W, zero-filled (the mean)."""
+    if shift == 0:
+        return x
+    b, _, h, w = x.shape
+    padded = nn.functional.pad(x, (shift, shift, shift, shift))  # (B, C, H+2s, W+2s)
+    dy = torch.randint(0, 2 * shift + 1, (b,), generator=gen)
+    dx = torch.randint(0, 2 * shift + 1, (b,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]  # (B, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]  # (B, 1, 1, W)
+    bidx = torch.arange(b)[:, None, None, None]
+    cidx = torch.arange(x.shape[1])[None, :, None, None]
+    return padded[bidx, cidx, rows, cols]
+
+
+def _lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def fit(
+    model: nn.Module,
+    x: np.ndarray,
+    targets: Mapping[str, np.ndarray],
+    loss_fn: LossFn,
+    spec: TrainSpec,
+    seed: int,
+    desc: str,
+    forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+) -> list[float]:
+    """Train `model` on inputs `x` (N, ...) with per-sample `targets`; returns epoch losses."""
+    gen = seed_everything(seed)
+    n = len(x)
+    steps_per_epoch = math.ceil(n / spec.batch_size)
+    total = steps_per_epoch * spec.epochs
+    warmup = round(spec.warmup_epochs * steps_per_epoch)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    xt = torch.from_numpy(x)
+    tt = {k: torch.from_numpy(v) for k, v in targets.items()}
+    run = forward or (lambda m, inp: m(inp))
+    losses: list[float] = []
+    step = 0
+    model.train()
+    for _ in tqdm(range(spec.epochs), desc=desc, leave=False, disable=None):
+        order = torch.randperm(n, generator=gen)
+        total_loss = 0.0
+        for start in range(0, n, spec.batch_size):
+            idx = order[start : start + spec.batch_size]
+            xb = xt[idx]
+            if spec.augment and xb.ndim == 4:
+                xb = random_shift(xb, spec.shift, gen)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, total, warmup, spec.lr)
+            loss = loss_fn(run(model, xb), {k: v[idx] for k, v in tt.items()})
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total_loss += float(loss) * len(idx)
+            step += 1
+        losses.append(total_loss / n)
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    x: np.ndarray,
+    batch_size: int = 256,
+    forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+) -> np.ndarray:
+    """Model outputs over `x` in batches, as float32 numpy."""
+    model.eval()
+    run = forward or (lambda m, inp: m(inp))
+    outs = [
+        run(model, torch.from_numpy(x[i : i + batch_size])).float().numpy()
+        for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(axis=1) == labels).mean()) if len(labels) else 0.0
+
+
+def cross_entropy_loss(label_smoothing: float) -> LossFn:
+    """Hard-label loss on the `label` target."""
+
+    def loss(logits: torch.Tensor, t: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits, t["label"], label_smoothing=label_smoothing)
+
+    return loss
