@@ -7,44 +7,52 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel
 
+from edvit.bundle import BundleError, load_bundle
 from edvit.config import ConfigError, DevicesFile, load_config
+from edvit.config.loader import load_yaml
+from edvit.config.recipe import Recipe
 
-# The top-level key that tells which kind of config a YAML file is.
-CONFIG_KINDS: dict[str, type[BaseModel]] = {
-    "devices": DevicesFile,
+# kind → (the top-level key that marks a YAML file as that kind, its model)
+CONFIG_KINDS: dict[str, tuple[str, type[BaseModel]]] = {
+    "devices": ("devices", DevicesFile),
+    "recipe": ("dataset", Recipe),
 }
 
 
 def _kind_of(path: Path) -> type[BaseModel]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(str(path), [f"cannot read: {exc}"]) from None
+    data = load_yaml(path)
     keys = set(data) if isinstance(data, dict) else set()
-    for key, model in CONFIG_KINDS.items():
-        if key in keys:
+    for marker, model in CONFIG_KINDS.values():
+        if marker in keys:
             return model
+    markers = ", ".join(marker for marker, _ in CONFIG_KINDS.values())
     raise ConfigError(
-        str(path),
-        [f"(top level): not a known config; expected one of the keys {', '.join(CONFIG_KINDS)}"],
+        str(path), [f"(top level): not a known config; expected one of the keys {markers}"]
     )
+
+
+def _validate_one(path: Path, kind: str | None) -> str:
+    """What `path` is, once it has validated; raises ConfigError or BundleError."""
+    if path.is_dir() or path.name == "manifest.json":
+        bundle = load_bundle(path)
+        return f"bundle, {len(bundle.manifest.submodels)} sub-models, every sha256 verified"
+    model = CONFIG_KINDS[kind][1] if kind else _kind_of(path)
+    load_config(path, model)
+    return model.__name__
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     failed = 0
     for name in args.files:
-        path = Path(name)
         try:
-            model = CONFIG_KINDS[args.kind] if args.kind else _kind_of(path)
-            load_config(path, model)
-        except ConfigError as exc:
+            what = _validate_one(Path(name), args.kind)
+        except (ConfigError, BundleError) as exc:
             print(exc, file=sys.stderr)
             failed += 1
             continue
-        print(f"{path}: ok ({model.__name__})")
+        print(f"{name}: ok ({what})")
     return 2 if failed else 0
 
 
@@ -52,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edvit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     validate = sub.add_parser("validate", help="check config files, naming every bad key")
-    validate.add_argument("files", nargs="+", help="YAML config files")
+    validate.add_argument("files", nargs="+", help="YAML config files or bundle directories")
     validate.add_argument("--kind", choices=sorted(CONFIG_KINDS), help="skip detection")
     validate.set_defaults(func=_cmd_validate)
     return parser

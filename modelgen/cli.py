@@ -1,4 +1,4 @@
-"""`modelgen`: the offline commands (stats, plan; build, eval, report, dataset as they land)."""
+"""`modelgen`: the offline commands: stats, plan, build, eval, report, dataset."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from edvit.bundle import BundleError
 from edvit.config import ConfigError, DevicesFile, load_config
 from modelgen.planning import PlanError, contiguous_groups, make_plan
 from modelgen.planning.plan import Plan
@@ -94,6 +96,53 @@ def _cmd_plan(args: argparse.Namespace) -> None:
         _print_plan(plan)
 
 
+def _cmd_build(args: argparse.Namespace) -> None:
+    from modelgen.build import BuildError, build
+    from modelgen.datasets import DatasetError
+    from modelgen.export import ExportError
+
+    try:
+        build(Path(args.recipe), Path(args.out), log=lambda msg: print(msg, file=sys.stderr))
+    except (BuildError, DatasetError, ExportError, BundleError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from modelgen.datasets import DatasetError
+    from modelgen.evaluate import EvalError, evaluate_bundle
+
+    try:
+        result = evaluate_bundle(args.bundle, drop=args.drop, data=args.data)
+    except (EvalError, DatasetError, BundleError) as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps(result))
+        return
+    for key in ("base_acc", "fused_acc", "avg_softmax_acc", "kept_classes_fused_acc"):
+        if result.get(key) is not None:
+            print(f"{key}: {result[key]:.4f}")
+    for sub in result["per_submodel"]:
+        print(
+            f"  {sub['id']}: heads {sub['heads']}  {sub['size_mib']:.3f} MiB  "
+            f"{sub['gmacs']:.4f} GMACs  {sub['latency_ms']:.2f} ms"
+        )
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from modelgen.report import write_report
+
+    try:
+        print(write_report(args.bundle))
+    except BundleError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _cmd_keywords(args: argparse.Namespace) -> None:
+    from modelgen.datasets.keywords import generate_keywords
+
+    generate_keywords(Path(args.out), per_word=args.per_word, seed=args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelgen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +166,30 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--rate-hz", type=float, default=1.0, help="samples per second per device")
     plan.add_argument("--solver", choices=["greedy", "optimal"], default="optimal")
     plan.set_defaults(func=_cmd_plan)
+
+    build = sub.add_parser("build", help="the whole offline pipeline: recipe → bundle")
+    build.add_argument("recipe", help="recipe YAML (config/modelgen/*.yaml)")
+    build.add_argument("--out", required=True, help="bundle directory (stages cached inside)")
+    build.set_defaults(func=_cmd_build)
+
+    ev = sub.add_parser("eval", help="accuracy of a bundle, run as the site runs it")
+    ev.add_argument("bundle", help="bundle directory")
+    ev.add_argument("--drop", nargs="+", default=[], metavar="SUB", help="sub-models to leave out")
+    ev.add_argument("--data", type=Path, help="every sample of another dataset of the same kind")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=_cmd_eval)
+
+    report = sub.add_parser("report", help="report.md and PNG plots into the bundle")
+    report.add_argument("bundle", help="bundle directory")
+    report.set_defaults(func=_cmd_report)
+
+    dataset = sub.add_parser("dataset", help="make a dataset")
+    kinds = dataset.add_subparsers(dest="dataset", required=True)
+    kw = kinds.add_parser("keywords", help="the ten Speech Commands words spoken by espeak-ng")
+    kw.add_argument("--out", required=True, help="output folder, one sub-folder per word")
+    kw.add_argument("--per-word", type=_positive_int, default=300, help="clips per word")
+    kw.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    kw.set_defaults(func=_cmd_keywords)
     return parser
 
 

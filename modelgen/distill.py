@@ -21,7 +21,7 @@ def collapse_labels(labels: np.ndarray, group: Sequence[int], outputs: int) -> n
     """Label index in the student's outputs: its position in the group, else "others"."""
     lookup = np.full(max(int(labels.max(initial=0)) + 1, max(group) + 1), len(group))
     lookup[list(group)] = np.arange(len(group))
-    out = lookup[labels]
+    out: np.ndarray = lookup[labels]
     if outputs == len(group) and (out == len(group)).any():
         raise ValueError("a label outside the group, but the sub-model has no others output")
     return out.astype(np.int64)

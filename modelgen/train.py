@@ -85,9 +85,9 @@ def fit(
                 group["lr"] = _lr_at(step, total, warmup, spec.lr)
             loss = loss_fn(run(model, xb), {k: v[idx] for k, v in tt.items()})
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
-            total_loss += float(loss) * len(idx)
+            total_loss += float(loss.detach()) * len(idx)
             step += 1
         losses.append(total_loss / n)
     model.eval()

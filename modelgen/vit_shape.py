@@ -8,6 +8,7 @@ A shape is all that sizing and planning need: no weights, no torch. Names follow
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 
@@ -55,9 +56,14 @@ class ViTShape:
         if h % self.patch_size or w % self.patch_size:
             raise ShapeError(f"image {h}x{w} is not a multiple of patch {self.patch_size}")
         if self.embed_dim % self.num_heads:
-            raise ShapeError(f"embed_dim {self.embed_dim} is not divisible by {self.num_heads} heads")
-        if self.mlp_ratio <= 0:
-            raise ShapeError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
+            raise ShapeError(
+                f"embed_dim {self.embed_dim} is not divisible by {self.num_heads} heads"
+            )
+        if not (0 < self.mlp_ratio < math.inf) or self.mlp_hidden < 1:
+            raise ShapeError(
+                f"mlp_ratio must be a positive number giving at least one FFN unit for "
+                f"embed_dim {self.embed_dim}, got {self.mlp_ratio}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -100,8 +106,14 @@ class ViTShape:
         return (
             f"vit:img={img},patch={self.patch_size},chans={self.in_chans},"
             f"embed={self.embed_dim},depth={self.depth},heads={self.num_heads},"
-            f"mlp={self.mlp_ratio:g}"
+            f"mlp={_float_text(self.mlp_ratio)}"
         )
+
+
+def _float_text(value: float) -> str:
+    """The shortest text that parses back to `value` exactly (`4`, `2.5`, `2.6666666666666665`)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 def _parse_custom(arch: str) -> ViTShape:

@@ -71,7 +71,7 @@ def parse_config(text: str, model: type[M], source: str = "<string>") -> M:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
+        raise ConfigError(source, [_yaml_problem(exc)]) from None
     if not isinstance(data, dict):
         raise ConfigError(source, ["(top level): expected a mapping of keys to values"])
     try:
@@ -80,11 +80,37 @@ def parse_config(text: str, model: type[M], source: str = "<string>") -> M:
         raise ConfigError(source, [_describe(e, root) for e in exc.errors()]) from None
 
 
-def load_config(path: str | Path, model: type[M]) -> M:
-    """Read and validate a YAML config file."""
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML syntax error on one line, with where the parser noticed it."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        what = ", ".join(p for p in (exc.context, exc.problem) if p)
+        mark = exc.problem_mark or exc.context_mark
+        if mark is not None:
+            return f"not valid YAML: {what} (line {mark.line + 1}, column {mark.column + 1})"
+    return f"not valid YAML: {' '.join(str(exc).split())}"
+
+
+def read_text(path: str | Path) -> str:
+    """A config file's text; ConfigError when it cannot be read or is not UTF-8."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
-    return parse_config(text, model, str(path))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            str(path), [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]
+        ) from None
+
+
+def load_yaml(path: str | Path) -> object:
+    """A YAML file as plain data, not validated; ConfigError when unreadable or not YAML."""
+    try:
+        return yaml.safe_load(read_text(path))
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [_yaml_problem(exc)]) from None
+
+
+def load_config(path: str | Path, model: type[M]) -> M:
+    """Read and validate a YAML config file."""
+    return parse_config(read_text(path), model, str(path))

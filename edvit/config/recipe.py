@@ -7,6 +7,7 @@ reproduce a bundle, and each build stage can be cached by the part of the recipe
 from __future__ import annotations
 
 from enum import StrEnum
+
 from pydantic import Field, model_validator
 
 from edvit.config.base import StrictModel

@@ -7,9 +7,10 @@ Alg. 3; `assign_optimal` minimises the largest latency (makespan) exactly by bra
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 _REL_TOL = 1e-12  # MACs are exact integers; capacities come from floats in YAML
@@ -51,6 +52,11 @@ def _makespan(items: Sequence[Item], devices: Sequence[DeviceCapacity], m: dict[
     for it in items:
         loads[m[it.id]] += it.macs
     return max((loads[d.id] / d.macs_per_s for d in devices), default=0.0)
+
+
+def _prefix_sums(values: Iterable[int]) -> list[int]:
+    """[0, smallest, smallest two, …]: sums of the k smallest values."""
+    return list(itertools.accumulate(sorted(values), initial=0))
 
 
 def _by_macs(items: Sequence[Item]) -> list[Item]:
@@ -99,7 +105,16 @@ class _Search:
         sig = [(d.memory_bytes, d.macs_per_s) for d in devices]
         self.twins = [[k for k in range(len(devices)) if sig[k] == sig[j]] for j in range(len(sig))]
         self.total_speed = sum(self.speed)
-        self.suffix_macs = [sum(it.macs for it in self.items[i:]) for i in range(len(self.items) + 1)]
+        self.suffix_macs = [
+            sum(it.macs for it in self.items[i:]) for i in range(len(self.items) + 1)
+        ]
+        # Sums of the k smallest MACs / sizes among items[i:], k = 0 … n-i (for the count bound).
+        self.small_macs = [
+            _prefix_sums(it.macs for it in self.items[i:]) for i in range(len(self.items) + 1)
+        ]
+        self.small_sizes = [
+            _prefix_sums(it.size_bytes for it in self.items[i:]) for i in range(len(self.items) + 1)
+        ]
         self.load = [0] * len(devices)
         self.used = [0] * len(devices)
         self.choice = [0] * len(self.items)
@@ -116,6 +131,27 @@ class _Search:
         for j in range(len(self.devices)):
             classes.setdefault(self.twins[j][0], []).append((self.load[j], self.used[j]))
         return i, tuple(p for key in sorted(classes) for p in sorted(classes[key]))
+
+    def _room_for_rest(self, i: int) -> bool:
+        """Whether the devices may still take all n - i remaining items: device j takes at most
+        the largest k for which even the k smallest of them fit its memory and rate and keep
+        its latency below the incumbent."""
+        need = len(self.items) - i
+        macs, sizes = self.small_macs[i], self.small_sizes[i]
+        room = 0
+        for j in range(len(self.devices)):
+            k = 0
+            while (
+                k < need
+                and _fits(self.mem_cap[j], self.used[j] + sizes[k + 1])
+                and _fits(self.macs_cap[j], self.load[j] + macs[k + 1])
+                and (self.load[j] + macs[k + 1]) / self.speed[j] < self.best
+            ):
+                k += 1
+            room += k
+            if room >= need:
+                return True
+        return False
 
     def run(self, incumbent: float, incumbent_choice: list[int] | None) -> None:
         self.best, self.best_choice = incumbent, incumbent_choice
@@ -135,6 +171,8 @@ class _Search:
         done = sum(self.load)
         if (done + self.suffix_macs[i]) / self.total_speed >= self.best:
             return  # even perfectly spread work cannot beat the incumbent
+        if not self._room_for_rest(i):
+            return  # the devices cannot take that many more sub-models under the incumbent
         state = self._state(i)
         if state in self.seen:
             return

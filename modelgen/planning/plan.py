@@ -161,10 +161,12 @@ def make_plan(
     solver: Solver = "optimal",
 ) -> Plan:
     """Alg. 1 over the given class groups; raises PlanError when no head count fits."""
-    if rate_hz <= 0:
-        raise PlanError(f"the rate must be positive, got {rate_hz:g} Hz")
-    if budget_mib is not None and budget_mib <= 0:
-        raise PlanError(f"the memory budget must be positive, got {budget_mib:g} MiB")
+    if not (0 < rate_hz < math.inf):
+        raise PlanError(f"the rate must be a positive number, got {rate_hz:g} Hz")
+    if budget_mib is not None and not (0 < budget_mib < math.inf):
+        raise PlanError(f"the memory budget must be a positive number, got {budget_mib:g} MiB")
+    if devices is not None and not devices:
+        raise PlanError("there are no devices to assign the sub-models to")
     n = len(groups)
     if n < 1 or sorted(c for g in groups for c in g) != list(range(num_classes)):
         raise PlanError(f"the class groups must partition the classes 0…{num_classes - 1}")
@@ -176,7 +178,9 @@ def make_plan(
         items = [Item(i, b, m) for i, (b, m) in zip(ids, sizes, strict=True)]
         total = sum(b for b, _ in sizes)
         fits_budget = budget_mib is None or total <= budget_mib * MIB
-        found, used, note = None, solver, None
+        found: Assignment | None = None
+        used: str = solver
+        note: str | None = None
         if fits_budget and devices is not None:
             found, used, note = _assign(items, devices, rate_hz, solver)
         if fits_budget and (devices is None or found is not None):

@@ -1,0 +1,139 @@
+"""The `dataset` section of a recipe: where samples come from, which classes, how they split.
+
+Only the description lives here (pydantic, no I/O); `modelgen.datasets.load_dataset` reads
+it. Relative paths are resolved by the loader against the recipe's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from edvit.config.base import StrictModel
+
+
+class SplitSpec(StrictModel):
+    """A deterministic stratified train/val/test split (recorded in the bundle)."""
+
+    val_fraction: float = Field(
+        default=0.1, ge=0, lt=1, description="Share of each class held out for validation."
+    )
+    test_fraction: float = Field(
+        default=0.2,
+        ge=0,
+        lt=1,
+        description="Share of each class held out for the final test (ignored when the "
+        "dataset has an official test set that is used, see cifar10.official_test).",
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of the split's shuffle.")
+
+    @model_validator(mode="after")
+    def _leaves_training(self) -> SplitSpec:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction + test_fraction must be below 1 "
+                f"(got {self.val_fraction:g} + {self.test_fraction:g}), or nothing is left "
+                "to train on"
+            )
+        return self
+
+
+class _DatasetBase(StrictModel):
+    classes: list[str] | None = Field(
+        default=None,
+        min_length=2,
+        description="Classes to use, in this order (their index is the label); null means "
+        "every class the dataset has, in its own order (sorted folder names for folders).",
+    )
+    max_per_class: int | None = Field(
+        default=None,
+        ge=1,
+        description="Keep at most this many samples of each class (the first ones in the "
+        "dataset's stable order), e.g. for a quick build; null keeps all.",
+    )
+    split: SplitSpec = Field(
+        default_factory=SplitSpec, description="How samples divide into train/val/test."
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, classes: list[str] | None) -> list[str] | None:
+        if classes is None:
+            return None
+        seen: set[str] = set()
+        for name in classes:
+            if not name:
+                raise ValueError("class names must not be empty")
+            if name in seen:
+                raise ValueError(f"class {name!r} appears more than once")
+            seen.add(name)
+        return classes
+
+
+class DigitsDataset(_DatasetBase):
+    """scikit-learn's 1,797 real 8×8 handwritten digits (ships with scikit-learn)."""
+
+    kind: Literal["digits"] = Field(
+        default="digits", description="sklearn.datasets.load_digits, classes '0'-'9'."
+    )
+
+
+class ImageFolderDataset(_DatasetBase):
+    """A folder per class of image files (PNG, JPEG, BMP, TIFF, WebP, PPM/PGM)."""
+
+    kind: Literal["imagefolder"] = Field(
+        default="imagefolder", description="A folder of images per class."
+    )
+    root: Path = Field(
+        description="Folder holding one sub-folder per class; the sub-folder names are the "
+        "class names. Files with other extensions and hidden entries are ignored."
+    )
+
+
+class AudioFolderDataset(_DatasetBase):
+    """A folder per class of WAV files: Speech Commands, GTZAN, `modelgen dataset keywords`."""
+
+    kind: Literal["audiofolder"] = Field(
+        default="audiofolder", description="A folder of WAV files per class."
+    )
+    root: Path = Field(
+        description="Folder holding one sub-folder per class. Sub-folders starting with '_' "
+        "or '.' (Speech Commands' _background_noise_) and files other than .wav are ignored."
+    )
+    sample_rate: int = Field(
+        default=16000,
+        ge=1000,
+        le=384000,
+        description="Rate every file is resampled to (mono mixdown); must equal the audio "
+        "preprocessing's sample_rate.",
+    )
+
+
+class Cifar10Dataset(_DatasetBase):
+    """CIFAR-10 from the python batches torchvision uses (cifar-10-batches-py)."""
+
+    kind: Literal["cifar10"] = Field(
+        default="cifar10", description="CIFAR-10, 60,000 32×32 colour images."
+    )
+    root: Path = Field(
+        description="The cifar-10-batches-py folder, or the folder that contains it."
+    )
+    download: bool = Field(
+        default=False,
+        description="Download the batches with torchvision into root if they are missing "
+        "(needs the network). Off by default: nothing is fetched unless asked.",
+    )
+    official_test: bool = Field(
+        default=True,
+        description="Use CIFAR-10's own test_batch as the test split (the paper's protocol) "
+        "and split validation off the training batches; false pools all 60,000 images and "
+        "splits them by split.test_fraction like any other dataset.",
+    )
+
+
+DatasetSpec = Annotated[
+    DigitsDataset | ImageFolderDataset | AudioFolderDataset | Cifar10Dataset,
+    Field(discriminator="kind"),
+]

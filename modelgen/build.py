@@ -1,0 +1,450 @@
+"""`modelgen build`: recipe → verified bundle, one cached stage after another.
+
+Stages: data (load, split, fit the front-end's normalisation, preprocess), base model,
+class groups, plan, one sub-model per group (prune, then distil), fusion MLP, export
+(ONNX + safetensors, parity-checked), evaluation of the exported bundle, manifest, report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file as load_arrays
+from safetensors.numpy import save_file as save_arrays
+from timm.models.vision_transformer import VisionTransformer
+
+from edvit.bundle import Manifest, write_manifest
+from edvit.config import DevicesFile, load_config
+from edvit.config.recipe import Grouping, PruneMethod, Recipe
+from edvit.preprocess import fit_normalization, parse_preprocess, preprocess_batch
+from modelgen.cache import StageCache, content_key
+from modelgen.distill import distill
+from modelgen.export import (
+    base_entry,
+    export_fusion,
+    export_submodel,
+    fusion_entry,
+    submodel_entry,
+)
+from modelgen.fusion_model import FusionMLP
+from modelgen.grouping import affinity, confusion_groups, within_affinity
+from modelgen.model import ModelConfig, build_vit, features_and_logits, load_model, save_model
+from modelgen.planning import Plan, contiguous_groups, make_plan
+from modelgen.planning.plan import SubmodelPlan
+from modelgen.pruning import prune_for_group
+from modelgen.train import accuracy, cross_entropy_loss, fit, predict, seed_everything
+from modelgen.vit_shape import ShapeError, ViTShape, parse_arch
+
+Log = Callable[[str], None]
+PARTS = ("train", "val", "test")
+
+
+class BuildError(Exception):
+    """A recipe that cannot be built as written; the message says what to change."""
+
+
+@dataclass
+class Prepared:
+    """The preprocessed splits, the fitted front-end and the split record."""
+
+    key: str
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+    classes: list[str]
+    preprocess: dict[str, Any]
+    split: dict[str, Any]
+
+
+@dataclass
+class Base:
+    key: str
+    model: VisionTransformer
+    logits: dict[str, np.ndarray]
+    metrics: dict[str, Any]
+
+
+@dataclass
+class Sub:
+    key: str
+    plan: SubmodelPlan
+    model: VisionTransformer
+    config: ModelConfig
+    metrics: dict[str, Any]
+
+
+def _check_shape(recipe: Recipe, source: str) -> ViTShape:
+    try:
+        shape = parse_arch(recipe.model.arch)
+    except ShapeError as exc:
+        raise BuildError(f"{source}: model.arch: {exc}") from None
+    spec = parse_preprocess(recipe.preprocess.model_dump())
+    want = (spec.in_chans, *spec.input_size)
+    have = (shape.in_chans, *shape.img_size)
+    if want != have:
+        raise BuildError(
+            f"{source}: model.arch takes input {have} (C, H, W) but preprocess gives {want}"
+        )
+    return shape
+
+
+def _stage_data(recipe: Recipe, recipe_dir: Path, cache: StageCache, log: Log) -> Prepared:
+    from modelgen.datasets import load_dataset
+
+    dataset_spec = recipe.dataset.model_dump(mode="json")
+    if "root" in dataset_spec:  # resolved, so the bundle can be re-evaluated from anywhere
+        dataset_spec["root"] = str((recipe_dir / dataset_spec["root"]).resolve())
+    key = content_key("data", dataset_spec, recipe.preprocess.model_dump(mode="json"))
+    d = cache.path("data", key)
+    if not cache.done("data", key):
+        log("data: loading and preprocessing")
+        dataset = load_dataset(recipe.dataset, recipe_dir)
+        from modelgen.datasets import split_dataset
+
+        split, record = split_dataset(dataset, recipe.dataset.split)
+        train_samples = [dataset.samples[i] for i in split.train]
+        spec = fit_normalization(recipe.preprocess, train_samples)
+        arrays: dict[str, np.ndarray] = {}
+        for part in PARTS:
+            idx = split.part(part)
+            arrays[f"x_{part}"] = preprocess_batch(spec, [dataset.samples[i] for i in idx])
+            arrays[f"y_{part}"] = dataset.labels[idx].astype(np.int64)
+        d = cache.begin("data", key)
+        save_arrays(arrays, str(d / "arrays.safetensors"))
+        meta = {
+            "classes": dataset.classes,
+            "preprocess": spec.model_dump(mode="json"),
+            "split": {"dataset": dataset_spec, "record": record.model_dump(mode="json")},
+        }
+        (d / "meta.json").write_text(json.dumps(meta))
+        cache.finish("data", key)
+    arrays = load_arrays(str(d / "arrays.safetensors"))
+    meta = json.loads((d / "meta.json").read_text())
+    sizes = {p: len(arrays[f"y_{p}"]) for p in PARTS}
+    log(f"data: {len(meta['classes'])} classes, split {sizes}")
+    return Prepared(
+        key=key,
+        x={p: arrays[f"x_{p}"] for p in PARTS},
+        y={p: arrays[f"y_{p}"] for p in PARTS},
+        classes=meta["classes"],
+        preprocess=meta["preprocess"],
+        split=meta["split"],
+    )
+
+
+def _load_checkpoint(model: VisionTransformer, recipe: Recipe, recipe_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    if recipe.model.checkpoint is None:
+        return
+    path = recipe_dir / recipe.model.checkpoint
+    try:
+        state = load_file(str(path))
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"model.checkpoint: cannot read {path}: {exc}") from None
+    head = {k for k in state if k.startswith("head.")}
+    own = model.state_dict()
+    if any(state[k].shape != own[k].shape for k in head if k in own):
+        state = {k: v for k, v in state.items() if k not in head}  # a new head for our classes
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not k.startswith("head.")]:
+        raise BuildError(
+            f"model.checkpoint: {path} does not fit {recipe.model.arch}: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+def _stage_base(
+    recipe: Recipe, recipe_dir: Path, shape: ViTShape, data: Prepared, cache: StageCache, log: Log
+) -> Base:
+    key = content_key(
+        "base",
+        data.key,
+        recipe.model.model_dump(mode="json"),
+        recipe.train.model_dump(),
+        recipe.seed,
+    )
+    d = cache.path("base", key)
+    config = ModelConfig(shape, len(data.classes))
+    if not cache.done("base", key):
+        log(f"base: training {shape.spec()} for {recipe.train.epochs} epochs")
+        seed_everything(recipe.seed)
+        if recipe.model.pretrained:
+            import timm
+
+            model = cast(
+                VisionTransformer,
+                timm.create_model(
+                    recipe.model.arch, pretrained=True, num_classes=len(data.classes)
+                ),
+            )
+        else:
+            model = build_vit(config)
+            _load_checkpoint(model, recipe, recipe_dir)
+        start = time.perf_counter()
+        losses = fit(
+            model,
+            data.x["train"],
+            {"label": data.y["train"]},
+            cross_entropy_loss(recipe.train.label_smoothing),
+            recipe.train,
+            recipe.seed,
+            "base",
+        )
+        logits = {p: predict(model, data.x[p]) for p in PARTS}
+        metrics = {
+            "train_seconds": time.perf_counter() - start,
+            "losses": losses,
+            **{f"{p}_acc": accuracy(logits[p], data.y[p]) for p in PARTS},
+        }
+        d = cache.begin("base", key)
+        save_model(model, config, d / "base.safetensors")
+        save_arrays(dict(logits.items()), str(d / "logits.safetensors"))
+        (d / "metrics.json").write_text(json.dumps(metrics))
+        cache.finish("base", key)
+    model, _ = load_model(d / "base.safetensors")
+    metrics = json.loads((d / "metrics.json").read_text())
+    log(f"base: test accuracy {metrics['test_acc']:.4f}")
+    return Base(key, model, load_arrays(str(d / "logits.safetensors")), metrics)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+
+def _groups(
+    recipe: Recipe, base: Base, data: Prepared, n: int
+) -> tuple[list[list[int]], dict[str, Any]]:
+    c = len(data.classes)
+    if n > c:
+        raise BuildError(f"plan: {n} sub-models for {c} classes; at most one per class")
+    a = affinity(_softmax(base.logits["val"]), data.y["val"], c)
+    contiguous = contiguous_groups(c, n)
+    confusion = confusion_groups(a, n)
+    chosen = confusion if recipe.grouping == Grouping.confusion else contiguous
+    info = {
+        "method": recipe.grouping.value,
+        "within_affinity": {
+            "contiguous": within_affinity(contiguous, a),
+            "confusion": within_affinity(confusion, a),
+        },
+    }
+    return chosen, info
+
+
+def _stage_submodel(
+    recipe: Recipe,
+    shape: ViTShape,
+    base: Base,
+    data: Prepared,
+    sp: SubmodelPlan,
+    cache: StageCache,
+    log: Log,
+) -> Sub:
+    key = content_key(
+        "sub",
+        base.key,
+        sp.classes,
+        sp.heads,
+        sp.outputs,
+        recipe.pruning.model_dump(mode="json"),
+        recipe.distill.model_dump(),
+        recipe.seed,
+    )
+    d = cache.path("sub", key)
+    if not cache.done("sub", key):
+        start = time.perf_counter()
+        seed = recipe.seed + 1000 + int(sp.id[1:])
+        config = ModelConfig(shape.with_heads(sp.heads), sp.outputs)
+        if recipe.pruning.method == PruneMethod.random_init:
+            seed_everything(seed)
+            model = build_vit(config)
+        else:
+            rng = np.random.default_rng(seed)
+            mine = np.flatnonzero(np.isin(data.y["train"], sp.classes))
+            take = rng.choice(mine, size=min(len(mine), recipe.pruning.samples), replace=False)
+            result = prune_for_group(
+                base.model,
+                shape,
+                sp.heads,
+                torch.from_numpy(data.x["train"][np.sort(take)]),
+                sp.classes,
+                method=cast(Literal["kl", "magnitude"], recipe.pruning.method.value),
+                seed=seed,
+                num_outputs=sp.outputs,
+            )
+            model = result.model
+        prune_s = time.perf_counter() - start
+        log(f"{sp.id}: {sp.heads} heads, distilling for {recipe.distill.epochs} epochs")
+        distill(
+            model,
+            data.x["train"],
+            data.y["train"],
+            base.logits["train"],
+            sp.classes,
+            sp.outputs,
+            recipe.distill,
+            seed,
+            sp.id,
+        )
+        metrics = {"prune_seconds": prune_s, "train_seconds": time.perf_counter() - start - prune_s}
+        d = cache.begin("sub", key)
+        save_model(model, config, d / "sub.safetensors")
+        (d / "metrics.json").write_text(json.dumps(metrics))
+        cache.finish("sub", key)
+    model, config = load_model(d / "sub.safetensors")
+    return Sub(key, sp, model, config, json.loads((d / "metrics.json").read_text()))
+
+
+def _features(sub: Sub, x: np.ndarray) -> np.ndarray:
+    """The sub-model's CLS pre-logit features, (N, D)."""
+    return predict(
+        sub.model, x, forward=lambda m, inp: features_and_logits(cast(VisionTransformer, m), inp)[0]
+    )
+
+
+def _stage_fusion(
+    recipe: Recipe, subs: Sequence[Sub], data: Prepared, cache: StageCache, log: Log
+) -> FusionMLP:
+    from modelgen.fusion_model import load_fusion
+
+    key = content_key("fusion", [s.key for s in subs], recipe.fusion.model_dump(), recipe.seed)
+    d = cache.path("fusion", key)
+    if not cache.done("fusion", key):
+        log("fusion: training the MLP on the sub-models' features")
+        feats = np.concatenate([_features(s, data.x["train"]) for s in subs], axis=1)
+        dims = [s.config.shape.embed_dim for s in subs]
+        seed_everything(recipe.seed)
+        module = FusionMLP(
+            [s.plan.id for s in subs],
+            dims,
+            len(data.classes),
+            hidden=max(1, round(recipe.fusion.hidden_ratio * sum(dims))),
+            feature_dropout=recipe.fusion.feature_dropout,
+        )
+        from edvit.config.recipe import TrainSpec
+
+        spec = TrainSpec(
+            epochs=recipe.fusion.epochs,
+            batch_size=recipe.fusion.batch_size,
+            lr=recipe.fusion.lr,
+            weight_decay=recipe.fusion.weight_decay,
+            label_smoothing=0.0,
+            augment=False,
+        )
+        fit(
+            module,
+            feats,
+            {"label": data.y["train"]},
+            cross_entropy_loss(0.0),
+            spec,
+            recipe.seed,
+            "fusion",
+        )
+        d = cache.begin("fusion", key)
+        from modelgen.fusion_model import save_fusion
+
+        save_fusion(module, d / "fusion.safetensors")
+        cache.finish("fusion", key)
+    return load_fusion(d / "fusion.safetensors")
+
+
+def build(recipe_path: Path, out: Path, log: Log = print) -> Manifest:
+    """Run every stage of `recipe_path` and write the bundle to `out`."""
+    from modelgen.evaluate import evaluate_bundle
+    from modelgen.report import write_report
+
+    recipe = load_config(recipe_path, Recipe)
+    recipe_dir = recipe_path.resolve().parent
+    torch.set_num_threads(recipe.threads)
+    shape = _check_shape(recipe, str(recipe_path))
+    devices = None
+    if recipe.plan.devices is not None:
+        devices = load_config(recipe_dir / recipe.plan.devices, DevicesFile).devices
+    n = recipe.plan.num_submodels or len(devices or [])
+    cache = StageCache(out / ".cache")
+    started = time.perf_counter()
+
+    data = _stage_data(recipe, recipe_dir, cache, log)
+    base = _stage_base(recipe, recipe_dir, shape, data, cache, log)
+    groups, grouping = _groups(recipe, base, data, n)
+    plan = make_plan(
+        shape,
+        len(data.classes),
+        groups,
+        devices=devices,
+        budget_mib=recipe.plan.budget_mib,
+        rate_hz=recipe.plan.rate_hz,
+        solver=recipe.plan.solver.value,
+    )
+    log(f"plan: heads {[s.heads for s in plan.submodels]}, total {plan.total_mib:.2f} MiB")
+    subs = [_stage_submodel(recipe, shape, base, data, sp, cache, log) for sp in plan.submodels]
+    fusion = _stage_fusion(recipe, subs, data, cache, log)
+
+    log("export: ONNX + safetensors, parity-checked")
+    manifest = _export(recipe, shape, data, base, plan, subs, fusion, out)
+    metrics = evaluate_bundle(out)
+    metrics["grouping"] = grouping
+    metrics["build_seconds"] = time.perf_counter() - started
+    metrics["base_train"] = {k: v for k, v in base.metrics.items() if k != "losses"}
+    metrics["submodel_train"] = {s.plan.id: s.metrics for s in subs}
+    manifest = write_manifest(out, manifest.model_copy(update={"metrics": metrics}))
+    write_report(out)
+    log(
+        f"done: base {metrics['base_acc']:.4f}, fused {metrics['fused_acc']:.4f}, "
+        f"in {metrics['build_seconds']:.0f} s → {out}"
+    )
+    return manifest
+
+
+def _export(
+    recipe: Recipe,
+    shape: ViTShape,
+    data: Prepared,
+    base: Base,
+    plan: Plan,
+    subs: Sequence[Sub],
+    fusion: FusionMLP,
+    out: Path,
+) -> Manifest:
+    shutil.rmtree(out / "submodels", ignore_errors=True)
+    sample = torch.from_numpy(data.x["test"][:4])
+    entries = []
+    for s in subs:
+        onnx_ref, st_ref = export_submodel(s.model, s.config, out, s.plan.id, sample)
+        entries.append(submodel_entry(s.plan, s.config, onnx_ref, st_ref))
+    base_config = ModelConfig(shape, len(data.classes))
+    base_onnx, base_st = export_submodel(base.model, base_config, out, "base", sample)
+    fusion_ref = export_fusion(fusion, out)
+    return write_manifest(
+        out,
+        Manifest(
+            schema_version=1,
+            created=dt.datetime.now(dt.UTC),
+            classes=data.classes,
+            groups={s.plan.id: list(s.plan.classes) for s in subs},
+            base=base_entry(
+                recipe.model.arch,
+                shape,
+                len(data.classes),
+                test_accuracy=base.metrics["test_acc"],
+                onnx=base_onnx,
+                safetensors=base_st,
+            ),
+            preprocess=data.preprocess,
+            submodels=entries,
+            fusion=fusion_entry(fusion, fusion_ref),
+            plan=plan.to_json(),
+            split=data.split,
+            metrics={},
+        ),
+    )

@@ -1,0 +1,67 @@
+"""A folder of WAV files per class (Speech Commands, GTZAN, `modelgen dataset keywords`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from edvit.config.dataset import AudioFolderDataset
+from modelgen.datasets.base import (
+    Dataset,
+    DatasetError,
+    resolve_root,
+    scan_class_folders,
+    source_name,
+)
+
+AUDIO_EXTENSIONS = frozenset({".wav"})
+
+
+def read_wav(path: Path, sample_rate: int) -> npt.NDArray[np.float32]:
+    """A WAV file as a mono float32 waveform at `sample_rate` (channels averaged).
+
+    Resampling uses librosa's default soxr_hq: band-limited and deterministic, so the
+    same file always gives the same samples.
+    """
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise DatasetError(f"{path}: not a readable WAV file ({exc})") from None
+    if data.shape[0] == 0:
+        raise DatasetError(f"{path}: WAV file has no samples")
+    wave = data.mean(axis=1, dtype=np.float32)
+    if rate != sample_rate:
+        import librosa
+
+        wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate)
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def _skip(name: str) -> bool:
+    """Speech Commands keeps noise recordings in `_background_noise_`: not a class."""
+    return name.startswith(("_", "."))
+
+
+def load_audiofolder(spec: AudioFolderDataset, base_dir: Path | None = None) -> Dataset:
+    """Every .wav of the selected class folders, in sorted path order."""
+    root = resolve_root(spec.root, base_dir)
+    classes, items = scan_class_folders(
+        root,
+        AUDIO_EXTENSIONS,
+        spec.classes,
+        spec.max_per_class,
+        skip_folder=_skip,
+        what="WAV",
+    )
+    return Dataset(
+        kind="audio",
+        classes=classes,
+        samples=[read_wav(path, spec.sample_rate) for _, path in items],
+        labels=np.asarray([label for label, _ in items], dtype=np.int64),
+        sources=[source_name(path, root) for _, path in items],
+        sample_rate=spec.sample_rate,
+    )

@@ -1,0 +1,133 @@
+"""`modelgen eval`: accuracy of the exported bundle, run the way the site runs it.
+
+Sub-models and the base run in ONNX Runtime (one thread, as on a node) and the fusion in
+numpy from the bundle's safetensors (as on the aggregator), so these figures are the
+deployed system's, not the training framework's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edvit.bundle import Bundle, load_bundle
+from edvit.fusion import FusionMLP, softmax
+from edvit.preprocess import parse_preprocess, preprocess_batch
+from modelgen.export import ort_session
+
+LATENCY_RUNS = 20
+
+
+class EvalError(Exception):
+    """The bundle cannot be evaluated as asked (unknown sub-model, unusable data)."""
+
+
+def _samples(bundle: Bundle, data: Path | None) -> tuple[list[np.ndarray], np.ndarray]:
+    """The bundle's recorded test split, or every sample of `data` (same kind of dataset)."""
+    from pydantic import TypeAdapter
+
+    from edvit.config.dataset import DatasetSpec
+    from modelgen.datasets import load_dataset
+    from modelgen.datasets.split import SplitRecord
+
+    recorded = dict(bundle.manifest.split["dataset"])
+    if data is None:
+        spec = TypeAdapter(DatasetSpec).validate_python(recorded)
+        dataset = load_dataset(spec)
+        idx = SplitRecord.model_validate(bundle.manifest.split["record"]).apply(dataset).test
+    else:
+        if "root" not in recorded:
+            raise EvalError(f"--data: the bundle's dataset ({recorded['kind']}) has no folder")
+        recorded.update(root=str(data), classes=bundle.manifest.classes, max_per_class=None)
+        dataset = load_dataset(TypeAdapter(DatasetSpec).validate_python(recorded))
+        idx = np.arange(len(dataset.labels))
+    if dataset.classes != bundle.manifest.classes:
+        raise EvalError(f"dataset classes {dataset.classes} != bundle {bundle.manifest.classes}")
+    return [dataset.samples[i] for i in idx], dataset.labels[idx]
+
+
+def _latency_ms(session: Any, x: np.ndarray) -> float:
+    name = session.get_inputs()[0].name
+    one = x[:1]
+    session.run(None, {name: one})  # warm-up
+    times = []
+    for _ in range(LATENCY_RUNS):
+        start = time.perf_counter()
+        session.run(None, {name: one})
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times))
+
+
+def _acc(pred: np.ndarray, labels: np.ndarray) -> float | None:
+    return float((pred == labels).mean()) if len(labels) else None
+
+
+def evaluate_bundle(
+    directory: str | Path, drop: Sequence[str] = (), data: Path | None = None
+) -> dict[str, Any]:
+    """The JSON of `modelgen eval`: base, fused and averaged-softmax accuracy, per sub-model."""
+    bundle = load_bundle(directory)
+    m = bundle.manifest
+    ids = [s.id for s in m.submodels]
+    if unknown := sorted(set(drop) - set(ids)):
+        raise EvalError(f"--drop {', '.join(unknown)}: the bundle's sub-models are {ids}")
+    spec = parse_preprocess(m.preprocess)
+    samples, labels = _samples(bundle, data)
+    x = preprocess_batch(spec, samples)
+    num_classes = len(m.classes)
+
+    features: dict[str, np.ndarray | None] = {}
+    scores = np.zeros((len(labels), num_classes), np.float32)  # the paper's w/o-retrain fusion
+    per_sub = []
+    for sub in m.submodels:
+        session = ort_session(bundle.path(sub.onnx))
+        feat, logits = session.run(sub.onnx_outputs, {sub.onnx_input: x})
+        # Rounded as the wire carries them (fp16), so eval predicts what the aggregator does.
+        features[sub.id] = None if sub.id in drop else feat.astype(np.float16).astype(np.float32)
+        if sub.id not in drop:
+            scores[:, sub.classes] = softmax(logits)[:, : len(sub.classes)]
+        per_sub.append(
+            {
+                "id": sub.id,
+                "classes": sub.classes,
+                "heads": sub.heads,
+                "size_mib": sub.size_mib,
+                "gmacs": sub.gmacs,
+                "latency_ms": _latency_ms(session, x),
+                "group_acc": _acc(
+                    np.asarray(sub.classes)[logits[:, : len(sub.classes)].argmax(1)][
+                        np.isin(labels, sub.classes)
+                    ],
+                    labels[np.isin(labels, sub.classes)],
+                ),
+            }
+        )
+    fused = FusionMLP.from_bundle(bundle).forward(features).argmax(axis=1)
+    result: dict[str, Any] = {
+        "samples": len(labels),
+        "fused_acc": _acc(fused, labels),
+        "avg_softmax_acc": _acc(scores.argmax(axis=1), labels),
+        "per_submodel": per_sub,
+        "dropped": list(drop),
+    }
+    if m.base.onnx is not None:
+        session = ort_session(bundle.path(m.base.onnx))
+        base_logits = session.run(["logits"], {"input": x})[0]
+        result["base_acc"] = _acc(base_logits.argmax(axis=1), labels)
+        result["base"] = {
+            "heads": m.base.num_heads,
+            "size_mib": m.base.size_mib,
+            "gmacs": m.base.gmacs,
+            "latency_ms": _latency_ms(session, x),
+        }
+    if drop:
+        lost = [c for s in m.submodels if s.id in drop for c in s.classes]
+        kept = ~np.isin(labels, lost)
+        result["kept_classes_fused_acc"] = _acc(fused[kept], labels[kept])
+        if "base_acc" in result:
+            result["kept_classes_base_acc"] = _acc(base_logits.argmax(axis=1)[kept], labels[kept])
+    return result

@@ -1,0 +1,28 @@
+"""Shared test settings: hypothesis profiles.
+
+`default`: random examples, no per-example deadline (the machines running the suite are
+shared, so wall-clock deadlines would only make tests flaky). `ci` (loaded when the CI
+environment variable is set): derandomized, so a CI run is reproducible, still no deadline.
+Select another with `pytest --hypothesis-profile=NAME`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "default",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    max_examples=100,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
