@@ -1,0 +1,162 @@
+"""`modelgen build` end to end on tiny recipes, through the installed console scripts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+BIN = Path(sys.executable).parent
+
+TINY = {
+    "name": "tiny-digits",
+    "seed": 0,
+    "dataset": {
+        "kind": "digits",
+        "max_per_class": 40,
+        "split": {"val_fraction": 0.2, "test_fraction": 0.25, "seed": 0},
+    },
+    "preprocess": {"kind": "image", "height": 8, "width": 8, "channels": 1},
+    "model": {"arch": "vit:img=8,patch=2,chans=1,embed=32,depth=1,heads=4"},
+    "train": {"epochs": 3, "batch_size": 32, "lr": 0.003},
+    "plan": {"num_submodels": 2},
+    "grouping": "confusion",
+    "pruning": {"method": "kl", "samples": 32},
+    "distill": {"epochs": 2, "batch_size": 32, "lr": 0.003},
+    "fusion": {"epochs": 3},
+    "threads": 1,
+}
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=600
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    root = tmp_path_factory.mktemp("build")
+    recipe = write_recipe(root / "tiny.yaml", TINY)
+    out = root / "bundle"
+    proc = run("modelgen", "build", str(recipe), "--out", str(out))
+    return recipe, out, proc.stderr
+
+
+def test_build_writes_a_bundle_that_validates(bundle: tuple[Path, Path, str]) -> None:
+    _, out, log = bundle
+    assert "data: loading" in log
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["id"] for s in manifest["submodels"]] == ["g0", "g1"]
+    # the groups partition the classes, balanced
+    classes = sorted(c for g in manifest["groups"].values() for c in g)
+    assert classes == list(range(10))
+    assert sorted(len(g) for g in manifest["groups"].values()) == [5, 5]
+    # heads follow the plan: ceil(4 / 2) = 2 heads of dim 8
+    assert all(s["heads"] == 2 and s["feature_dim"] == 16 for s in manifest["submodels"])
+    assert manifest["plan"]["submodels"][0]["heads"] == 2
+    for name in ("report.md", "accuracy.png", "submodels.png"):
+        assert (out / name).is_file()
+    ok = run("edvit", "validate", str(out))
+    assert "every sha256 verified" in ok.stdout
+
+
+def test_eval_matches_the_manifest_and_drop_degrades(bundle: tuple[Path, Path, str]) -> None:
+    _, out, _ = bundle
+    manifest = json.loads((out / "manifest.json").read_text())
+    result = json.loads(run("modelgen", "eval", str(out), "--json").stdout)
+    for key in ("base_acc", "fused_acc", "avg_softmax_acc"):
+        assert 0.0 <= result[key] <= 1.0
+        assert result[key] == manifest["metrics"][key]
+    assert result["samples"] == len(manifest["split"]["record"]["test"])
+    assert [s["id"] for s in result["per_submodel"]] == ["g0", "g1"]
+    assert all(s["latency_ms"] > 0 for s in result["per_submodel"])
+    dropped = json.loads(run("modelgen", "eval", str(out), "--drop", "g1", "--json").stdout)
+    assert dropped["dropped"] == ["g1"]
+    assert "kept_classes_fused_acc" in dropped
+    bad = run("modelgen", "eval", str(out), "--drop", "g7", check=False)
+    assert bad.returncode == 2
+    assert "g7" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_rebuild_reuses_every_stage(bundle: tuple[Path, Path, str]) -> None:
+    recipe, out, _ = bundle
+    log = run("modelgen", "build", str(recipe), "--out", str(out)).stderr
+    assert "data: loading" not in log
+    assert "base: training" not in log
+    assert "distilling" not in log
+    assert "fusion: training" not in log
+
+
+def test_tampered_bundle_is_refused(bundle: tuple[Path, Path, str], tmp_path: Path) -> None:
+    import shutil
+
+    _, out, _ = bundle
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns(".cache"))
+    onnx = copy / "submodels" / "g0.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    proc = run("modelgen", "eval", str(copy), "--json", check=False)
+    assert proc.returncode == 2
+    assert "g0.onnx" in proc.stderr
+    assert "sha256 mismatch" in proc.stderr
+
+
+def test_recipe_errors_name_the_key(tmp_path: Path) -> None:
+    bad = dict(TINY, train={**TINY["train"], "epochz": 3})
+    proc = run("modelgen", "build", str(write_recipe(tmp_path / "r.yaml", bad)), "--out",
+               str(tmp_path / "o"), check=False)  # fmt: skip
+    assert proc.returncode == 2
+    assert "train.epochz: unknown key" in proc.stderr
+    mismatch = dict(TINY, preprocess={**TINY["preprocess"], "height": 16, "width": 16})
+    proc = run("modelgen", "build", str(write_recipe(tmp_path / "m.yaml", mismatch)), "--out",
+               str(tmp_path / "o"), check=False)  # fmt: skip
+    assert proc.returncode == 2
+    assert "model.arch" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_audio_build_on_generated_keywords(tmp_path: Path) -> None:
+    words = tmp_path / "words"
+    run("modelgen", "dataset", "keywords", "--out", str(words), "--per-word", "12")
+    recipe = dict(
+        TINY,
+        name="tiny-keywords",
+        dataset={
+            "kind": "audiofolder",
+            "root": "words",
+            "classes": ["yes", "no", "up", "down"],
+            "split": {"val_fraction": 0.25, "test_fraction": 0.25, "seed": 0},
+        },
+        preprocess={"kind": "audio", "n_mels": 16, "hop_length": 500, "n_frames": 32},
+        model={"arch": "vit:img=16x32,patch=4,chans=1,embed=32,depth=1,heads=4"},
+    )
+    out = tmp_path / "bundle"
+    run("modelgen", "build", str(write_recipe(tmp_path / "kw.yaml", recipe)), "--out", str(out))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["classes"] == ["yes", "no", "up", "down"]
+    assert manifest["preprocess"]["kind"] == "audio"
+    result = json.loads(run("modelgen", "eval", str(out), "--json").stdout)
+    assert result["fused_acc"] == manifest["metrics"]["fused_acc"]
+    other = tmp_path / "other"
+    run("modelgen", "dataset", "keywords", "--out", str(other), "--per-word", "3", "--seed", "1")
+    fresh = json.loads(run("modelgen", "eval", str(out), "--data", str(other), "--json").stdout)
+    assert fresh["samples"] == 4 * 3
+    assert 0.0 <= fresh["fused_acc"] <= 1.0
