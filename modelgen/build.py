@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import shutil
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,23 +82,22 @@ class Sub:
     metrics: dict[str, Any]
 
 
-def _check_shape(recipe: Recipe, source: str) -> ViTShape:
+def _check_shape(recipe: Recipe) -> ViTShape:
     try:
         shape = parse_arch(recipe.model.arch)
     except ShapeError as exc:
-        raise BuildError(f"{source}: model.arch: {exc}") from None
+        raise BuildError(f"model.arch: {exc}") from None
     spec = parse_preprocess(recipe.preprocess.model_dump())
     want = (spec.in_chans, *spec.input_size)
     have = (shape.in_chans, *shape.img_size)
     if want != have:
-        raise BuildError(
-            f"{source}: model.arch takes input {have} (C, H, W) but preprocess gives {want}"
-        )
+        raise BuildError(f"model.arch takes input {have} (C, H, W) but preprocess gives {want}")
     return shape
 
 
 def _stage_data(recipe: Recipe, recipe_dir: Path, cache: StageCache, log: Log) -> Prepared:
-    from modelgen.datasets import load_dataset
+    from modelgen.datasets import load_dataset, split_dataset
+    from modelgen.datasets.base import check_preprocess
 
     dataset_spec = recipe.dataset.model_dump(mode="json")
     if "root" in dataset_spec:  # resolved, so the bundle can be re-evaluated from anywhere
@@ -107,7 +107,9 @@ def _stage_data(recipe: Recipe, recipe_dir: Path, cache: StageCache, log: Log) -
     if not cache.done("data", key):
         log("data: loading and preprocessing")
         dataset = load_dataset(recipe.dataset, recipe_dir)
-        from modelgen.datasets import split_dataset
+        check_preprocess(
+            dataset, recipe.preprocess.kind, getattr(recipe.preprocess, "sample_rate", None)
+        )
 
         split, record = split_dataset(dataset, recipe.dataset.split)
         train_samples = [dataset.samples[i] for i in split.train]
@@ -263,7 +265,7 @@ def _stage_submodel(
     d = cache.path("sub", key)
     if not cache.done("sub", key):
         start = time.perf_counter()
-        seed = recipe.seed + 1000 + int(sp.id[1:])
+        seed = recipe.seed + zlib.crc32(sp.id.encode()) % 1_000_000
         config = ModelConfig(shape.with_heads(sp.heads), sp.outputs)
         if recipe.pruning.method == PruneMethod.random_init:
             seed_everything(seed)
@@ -358,27 +360,59 @@ def _stage_fusion(
     return load_fusion(d / "fusion.safetensors")
 
 
-def build(recipe_path: Path, out: Path, log: Log = print) -> Manifest:
-    """Run every stage of `recipe_path` and write the bundle to `out`."""
+@dataclass
+class Workspace:
+    """A loaded recipe and where its stages are cached: what every stage reads."""
+
+    recipe: Recipe
+    recipe_dir: Path
+    shape: ViTShape
+    cache: StageCache
+    log: Log
+
+
+def open_workspace(
+    recipe: Recipe, recipe_dir: Path, cache_dir: Path, log: Log = print
+) -> Workspace:
+    """Check the recipe against itself and set torch's threads; stages run on the result."""
+    torch.set_num_threads(recipe.threads)
+    shape = _check_shape(recipe)
+    return Workspace(recipe, recipe_dir, shape, StageCache(cache_dir), log)
+
+
+def prepare(ws: Workspace) -> tuple[Prepared, Base]:
+    """The data and the trained base model (cached)."""
+    data = _stage_data(ws.recipe, ws.recipe_dir, ws.cache, ws.log)
+    return data, _stage_base(ws.recipe, ws.recipe_dir, ws.shape, data, ws.cache, ws.log)
+
+
+def train_submodel(ws: Workspace, base: Base, data: Prepared, sp: SubmodelPlan) -> Sub:
+    """One sub-model: pruned from the base for its group, then distilled (cached)."""
+    return _stage_submodel(ws.recipe, ws.shape, base, data, sp, ws.cache, ws.log)
+
+
+def build(
+    recipe: Recipe,
+    recipe_dir: Path,
+    out: Path,
+    log: Log = print,
+    cache_dir: Path | None = None,
+) -> Manifest:
+    """Run every stage of `recipe` and write the bundle to `out` (cache: `out/.cache`)."""
     from modelgen.evaluate import evaluate_bundle
     from modelgen.report import write_report
 
-    recipe = load_config(recipe_path, Recipe)
-    recipe_dir = recipe_path.resolve().parent
-    torch.set_num_threads(recipe.threads)
-    shape = _check_shape(recipe, str(recipe_path))
+    started = time.perf_counter()
+    ws = open_workspace(recipe, recipe_dir, cache_dir or out / ".cache", log)
     devices = None
     if recipe.plan.devices is not None:
         devices = load_config(recipe_dir / recipe.plan.devices, DevicesFile).devices
     n = recipe.plan.num_submodels or len(devices or [])
-    cache = StageCache(out / ".cache")
-    started = time.perf_counter()
 
-    data = _stage_data(recipe, recipe_dir, cache, log)
-    base = _stage_base(recipe, recipe_dir, shape, data, cache, log)
+    data, base = prepare(ws)
     groups, grouping = _groups(recipe, base, data, n)
     plan = make_plan(
-        shape,
+        ws.shape,
         len(data.classes),
         groups,
         devices=devices,
@@ -387,11 +421,11 @@ def build(recipe_path: Path, out: Path, log: Log = print) -> Manifest:
         solver=recipe.plan.solver.value,
     )
     log(f"plan: heads {[s.heads for s in plan.submodels]}, total {plan.total_mib:.2f} MiB")
-    subs = [_stage_submodel(recipe, shape, base, data, sp, cache, log) for sp in plan.submodels]
-    fusion = _stage_fusion(recipe, subs, data, cache, log)
+    subs = [train_submodel(ws, base, data, sp) for sp in plan.submodels]
+    fusion = _stage_fusion(recipe, subs, data, ws.cache, log)
 
     log("export: ONNX + safetensors, parity-checked")
-    manifest = _export(recipe, shape, data, base, plan, subs, fusion, out)
+    manifest = _export(recipe, ws.shape, data, base, plan, subs, fusion, out)
     metrics = evaluate_bundle(out)
     metrics["grouping"] = grouping
     metrics["build_seconds"] = time.perf_counter() - started
@@ -404,6 +438,15 @@ def build(recipe_path: Path, out: Path, log: Log = print) -> Manifest:
         f"in {metrics['build_seconds']:.0f} s → {out}"
     )
     return manifest
+
+
+def build_file(recipe_path: Path, out: Path, log: Log = print) -> Manifest:
+    """`modelgen build RECIPE --out DIR`: relative paths in the recipe are from its folder."""
+    recipe = load_config(recipe_path, Recipe)
+    try:
+        return build(recipe, recipe_path.resolve().parent, out, log)
+    except BuildError as exc:
+        raise BuildError(f"{recipe_path}: {exc}") from None
 
 
 def _export(

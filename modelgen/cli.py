@@ -73,6 +73,8 @@ def _print_plan(plan: Plan) -> None:
 
 def _cmd_plan(args: argparse.Namespace) -> None:
     shape = _shape(args)
+    if args.devices is None and args.num_submodels is None:
+        raise CliError("give --devices FILE, --num-submodels N, or both")
     devices = None
     if args.devices is not None:
         devices = load_config(args.devices, DevicesFile).devices
@@ -97,12 +99,12 @@ def _cmd_plan(args: argparse.Namespace) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> None:
-    from modelgen.build import BuildError, build
+    from modelgen.build import BuildError, build_file
     from modelgen.datasets import DatasetError
     from modelgen.export import ExportError
 
     try:
-        build(Path(args.recipe), Path(args.out), log=lambda msg: print(msg, file=sys.stderr))
+        build_file(Path(args.recipe), Path(args.out), log=lambda msg: print(msg, file=sys.stderr))
     except (BuildError, DatasetError, ExportError, BundleError) as exc:
         raise CliError(str(exc)) from None
 
@@ -159,9 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="sub-model heads and device assignment, no training")
     arch_args(plan)
-    target = plan.add_mutually_exclusive_group(required=True)
-    target.add_argument("--devices", help="YAML devices file")
-    target.add_argument("--num-submodels", type=_positive_int, help="N without devices")
+    plan.add_argument("--devices", help="YAML devices file")
+    plan.add_argument(
+        "--num-submodels", type=_positive_int, help="N (default: the number of devices)"
+    )
     plan.add_argument("--budget-mib", type=float, help="total memory budget of all sub-models")
     plan.add_argument("--rate-hz", type=float, default=1.0, help="samples per second per device")
     plan.add_argument("--solver", choices=["greedy", "optimal"], default="optimal")

@@ -440,3 +440,19 @@ def test_validate_with_kind(tmp_path: Path) -> None:
     out = run("edvit", "validate", "--kind", "devices", path)
     assert out.returncode == 2
     assert f"{path}: devices[0].memory_mib: Input should be greater than 0 (line 2)" in out.stderr
+
+
+def test_plan_takes_num_submodels_with_devices(tmp_path: Path) -> None:
+    devices = tmp_path / "devices.yaml"
+    devices.write_text(
+        "devices:\n"
+        "  - {id: a, memory_mib: 100, gmacs_per_s: 2}\n"
+        "  - {id: b, memory_mib: 100, gmacs_per_s: 1}\n"
+    )
+    cmd = ("modelgen", "plan", "--arch", "vit_base_patch16_224", "--num-classes", "10")
+    plan = run_json(*cmd, "--devices", devices, "--num-submodels", "3", "--json")
+    assert [s["id"] for s in plan["submodels"]] == ["g0", "g1", "g2"]
+    assert set(plan["assignment"].values()) <= {"a", "b"}
+    neither = run(*cmd)
+    assert_clean_failure(neither)
+    assert "--num-submodels" in neither.stderr

@@ -1,0 +1,208 @@
+"""Quality benchmark of the offline pipeline → bench/results/accuracy.json (+ accuracy.png).
+
+For each dataset (digits, keywords) and N ∈ {1, 2, 3, 5, 10}: base, fused and averaged-
+softmax accuracy, fused accuracy with one sub-model dropped (on the other groups' classes),
+per-sub-model size and ONNX latency ratios to the base model, build wall time, and the
+baseline a user would pick instead: one model of the N-th sub-model's size, pruned from the
+same base and distilled on all classes. At N = 5 it also compares pruning (KL vs magnitude vs
+random init) and grouping (confusion vs contiguous). Run on purpose, not in the tests:
+
+    .venv/bin/python bench/accuracy.py [--datasets digits keywords] [--ns 1 2 3 5 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edvit.config import load_config
+from edvit.config.recipe import Grouping, PruneMethod, Recipe
+from modelgen.build import Workspace, build, open_workspace, prepare, train_submodel
+from modelgen.evaluate import evaluate_bundle
+from modelgen.planning.plan import SubmodelPlan
+from modelgen.sizing import BYTES_PER_PARAM, MIB, count_macs, count_params
+from modelgen.train import accuracy, predict
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / ".work"
+
+
+def _recipe(name: str) -> tuple[Recipe, Path]:
+    path = ROOT / "config" / "modelgen" / f"{name}.yaml"
+    return load_config(path, Recipe), path.parent
+
+
+def _ensure_keywords(recipe: Recipe, recipe_dir: Path) -> None:
+    from modelgen.datasets.keywords import generate_keywords
+
+    root = (recipe_dir / str(getattr(recipe.dataset, "root", ""))).resolve()
+    if not root.is_dir():
+        generate_keywords(root, per_word=300, seed=0)
+
+
+def _with(recipe: Recipe, **plan: Any) -> Recipe:
+    return recipe.model_copy(update={"plan": recipe.plan.model_copy(update=plan)})
+
+
+def _single(ws: Workspace, n: int, heads: int) -> dict[str, Any]:
+    """One model of the N-th sub-model's size: pruned from the base, distilled on all classes."""
+    data, base = prepare(ws)
+    c = len(data.classes)
+    shape = ws.shape.with_heads(heads)
+    params = count_params(shape, c)
+    sp = SubmodelPlan(
+        id=f"single{heads}",
+        classes=list(range(c)),
+        heads=heads,
+        embed_dim=shape.embed_dim,
+        outputs=c,
+        params=params,
+        size_mib=params * BYTES_PER_PARAM / MIB,
+        gmacs=count_macs(shape, c)[0] / 1e9,
+    )
+    sub = train_submodel(ws, base, data, sp)
+    return {
+        "n": n,
+        "heads": heads,
+        "acc": accuracy(predict(sub.model, data.x["test"]), data.y["test"]),
+    }
+
+
+def _row(out: Path, n: int, fresh_seconds: float | None) -> dict[str, Any]:
+    m = json.loads((out / "manifest.json").read_text())["metrics"]
+    base = m["base"]
+    subs = m["per_submodel"]
+    row: dict[str, Any] = {
+        "n": n,
+        "base_acc": m["base_acc"],
+        "fused_acc": m["fused_acc"],
+        "avg_softmax_acc": m["avg_softmax_acc"],
+        "heads": [s["heads"] for s in subs],
+        "size_ratio": [s["size_mib"] / base["size_mib"] for s in subs],
+        "latency_ratio": [s["latency_ms"] / base["latency_ms"] for s in subs],
+        "gmacs_ratio": [s["gmacs"] / base["gmacs"] for s in subs],
+        "build_seconds": m["build_seconds"],
+        "grouping": m["grouping"],
+        "groups": [s["classes"] for s in subs],
+    }
+    if fresh_seconds is not None:
+        row["fresh_build_seconds"] = fresh_seconds
+    if n >= 2:
+        drops = []
+        for s in subs:
+            ev = evaluate_bundle(out, drop=[s["id"]])
+            drops.append(
+                {
+                    "dropped": s["id"],
+                    "fused_acc": ev["fused_acc"],
+                    "kept_classes_fused_acc": ev["kept_classes_fused_acc"],
+                    "kept_classes_base_acc": ev["kept_classes_base_acc"],
+                }
+            )
+        row["drop_one"] = drops
+        row["drop_one_worst_kept_gap"] = max(
+            d["kept_classes_base_acc"] - d["kept_classes_fused_acc"] for d in drops
+        )
+    return row
+
+
+def run_dataset(name: str, ns: list[int], log: Any) -> dict[str, Any]:
+    recipe, recipe_dir = _recipe(name)
+    if name == "keywords":
+        _ensure_keywords(recipe, recipe_dir)
+    cache = WORK / name / "cache"
+    result: dict[str, Any] = {"dataset": name, "recipe": f"config/modelgen/{name}.yaml", "rows": []}
+    fresh = not cache.exists()
+    for n in ns:
+        out = WORK / name / f"n{n}"
+        start = time.perf_counter()
+        build(_with(recipe, num_submodels=n, devices=None), recipe_dir, out, log, cache)
+        row = _row(out, n, time.perf_counter() - start if fresh else None)
+        fresh = False
+        ws = open_workspace(recipe, recipe_dir, cache, log)
+        row["single_model"] = _single(ws, n, max(row["heads"]))
+        row["fused_minus_single"] = row["fused_acc"] - row["single_model"]["acc"]
+        row["fused_minus_base"] = row["fused_acc"] - row["base_acc"]
+        result["rows"].append(row)
+        log(f"{name} N={n}: {json.dumps({k: row[k] for k in ('base_acc', 'fused_acc')})}")
+
+    if 5 in ns:
+        ablation: dict[str, Any] = {}
+        for method in (PruneMethod.magnitude, PruneMethod.random_init):
+            r = _with(recipe, num_submodels=5, devices=None)
+            r = r.model_copy(update={"pruning": r.pruning.model_copy(update={"method": method})})
+            out = WORK / name / f"n5-{method.value}"
+            build(r, recipe_dir, out, log, cache)
+            m = json.loads((out / "manifest.json").read_text())["metrics"]
+            ablation[f"pruning_{method.value}"] = {
+                "fused_acc": m["fused_acc"],
+                "mean_group_acc": float(np.mean([s["group_acc"] for s in m["per_submodel"]])),
+            }
+        kl = next(r for r in result["rows"] if r["n"] == 5)
+        kl_m = json.loads((WORK / name / "n5" / "manifest.json").read_text())["metrics"]
+        ablation["pruning_kl"] = {
+            "fused_acc": kl["fused_acc"],
+            "mean_group_acc": float(np.mean([s["group_acc"] for s in kl_m["per_submodel"]])),
+        }
+        other = Grouping.contiguous if recipe.grouping == Grouping.confusion else Grouping.confusion
+        r = _with(recipe, num_submodels=5, devices=None).model_copy(update={"grouping": other})
+        out = WORK / name / f"n5-{other.value}"
+        build(r, recipe_dir, out, log, cache)
+        m = json.loads((out / "manifest.json").read_text())["metrics"]
+        ablation[f"grouping_{other.value}"] = {"fused_acc": m["fused_acc"]}
+        ablation[f"grouping_{recipe.grouping.value}"] = {"fused_acc": kl["fused_acc"]}
+        result["ablation_n5"] = ablation
+    return result
+
+
+def _plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for res in results:
+        ns = [r["n"] for r in res["rows"]]
+        ax = axes[0]
+        ax.plot(ns, [r["fused_acc"] for r in res["rows"]], "o-", label=f"{res['dataset']} fused")
+        ax.plot(ns, [r["base_acc"] for r in res["rows"]], "k--", alpha=0.4)
+        ax.plot(
+            ns,
+            [r["single_model"]["acc"] for r in res["rows"]],
+            "x:",
+            label=f"{res['dataset']} single",
+        )
+        axes[1].plot(ns, [max(r["latency_ratio"]) for r in res["rows"]], "o-", label=res["dataset"])
+    axes[0].set(xlabel="N sub-models", ylabel="test accuracy", title="accuracy (dashed: base)")
+    axes[1].set(xlabel="N sub-models", ylabel="max sub-model / base", title="ONNX latency ratio")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["digits", "keywords"])
+    parser.add_argument("--ns", nargs="+", type=int, default=[5, 1, 2, 3, 10])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "accuracy.json")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    results = [run_dataset(d, args.ns, print) for d in args.datasets]
+    for res in results:
+        res["rows"].sort(key=lambda r: r["n"])
+    report = {"results": results, "bench_seconds": time.perf_counter() - started}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    _plot(results, args.out.with_suffix(".png"))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
