@@ -403,6 +403,7 @@ def build(
     from modelgen.report import write_report
 
     started = time.perf_counter()
+    out = out.resolve()  # export names files under it; a relative root would be joined twice
     ws = open_workspace(recipe, recipe_dir, cache_dir or out / ".cache", log)
     devices = None
     if recipe.plan.devices is not None:

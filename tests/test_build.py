@@ -33,9 +33,11 @@ TINY = {
 }
 
 
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, check: bool = True, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=600
+        [str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=600, cwd=cwd
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -95,7 +97,8 @@ def test_eval_matches_the_manifest_and_drop_degrades(bundle: tuple[Path, Path, s
 
 def test_rebuild_reuses_every_stage(bundle: tuple[Path, Path, str]) -> None:
     recipe, out, _ = bundle
-    log = run("modelgen", "build", str(recipe), "--out", str(out)).stderr
+    # a relative --out, from the bundle's parent folder
+    log = run("modelgen", "build", str(recipe), "--out", out.name, cwd=out.parent).stderr
     assert "data: loading" not in log
     assert "base: training" not in log
     assert "distilling" not in log

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from edvit import media
 from edvit.config.dataset import AudioFolderDataset
 from modelgen.datasets.base import (
     Dataset,
@@ -20,25 +21,11 @@ AUDIO_EXTENSIONS = frozenset({".wav"})
 
 
 def read_wav(path: Path, sample_rate: int) -> npt.NDArray[np.float32]:
-    """A WAV file as a mono float32 waveform at `sample_rate` (channels averaged).
-
-    Resampling uses librosa's default soxr_hq: band-limited and deterministic, so the
-    same file always gives the same samples.
-    """
-    import soundfile as sf
-
+    """A WAV file as mono float32 at `sample_rate` (edvit.media, as the nodes read it)."""
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise DatasetError(f"{path}: not a readable WAV file ({exc})") from None
-    if data.shape[0] == 0:
-        raise DatasetError(f"{path}: WAV file has no samples")
-    wave = data.mean(axis=1, dtype=np.float32)
-    if rate != sample_rate:
-        import librosa
-
-        wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate)
-    return np.ascontiguousarray(wave, dtype=np.float32)
+        return media.read_wav(path, sample_rate)
+    except media.MediaError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def _skip(name: str) -> bool:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edvit import media
 from edvit.config.dataset import ImageFolderDataset
 from modelgen.datasets.base import (
     Dataset,
@@ -21,24 +22,11 @@ IMAGE_EXTENSIONS = frozenset(
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An image file as HWC uint8 RGB (C = 1 for grayscale files; alpha dropped).
-
-    Read via np.fromfile + cv2.imdecode rather than cv2.imread, which fails silently on
-    non-ASCII paths on some platforms; 16-bit files are reduced to 8 bits.
-    """
-    import cv2
-
+    """An image file as HWC uint8 RGB (edvit.media, as the nodes read it)."""
     try:
-        raw = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read: {exc.strerror}") from None
-    image = cv2.imdecode(raw, cv2.IMREAD_ANYCOLOR) if raw.size else None
-    if image is None:
-        raise DatasetError(f"{path}: not a readable image (OpenCV cannot decode it)")
-    if image.ndim == 2:
-        return np.ascontiguousarray(image[:, :, None])
-    rgb: np.ndarray = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return rgb
+        return media.read_image(path)
+    except media.MediaError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def load_imagefolder(spec: ImageFolderDataset, base_dir: Path | None = None) -> Dataset:

@@ -1,0 +1,97 @@
+"""Image and sound files (and JPEG bytes) as the arrays `edvit.preprocess` expects.
+
+One reader for training (`modelgen.datasets`) and for the nodes' replay and relay sources
+(`edge_node.sources`), so a file replayed on a node gives exactly the training sample:
+images HWC uint8 RGB (HWx1 for grayscale), sound mono float32 at the wanted rate.
+OpenCV, soundfile and librosa are imported only by the function that needs them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+UInt8Array = npt.NDArray[np.uint8]
+FloatArray = npt.NDArray[np.float32]
+
+
+class MediaError(ValueError):
+    """A file or buffer that is not a usable image or sound; the message names it."""
+
+
+def bgr_to_rgb(image: np.ndarray) -> UInt8Array:
+    """OpenCV's BGR/BGRA/gray → RGB HWC (C = 3), or HWx1 for gray; uint8."""
+    import cv2
+
+    if image.dtype != np.uint8:
+        # 16-bit PNG/TIFF: keep the top 8 bits, as IMREAD_ANYCOLOR does for files
+        image = (image.astype(np.float32) * (255.0 / float(np.iinfo(image.dtype).max))).round()
+        image = image.astype(np.uint8)
+    if image.ndim == 2:
+        return np.ascontiguousarray(image[:, :, None])
+    if image.shape[2] == 1:
+        return np.ascontiguousarray(image)
+    code = cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
+    return np.asarray(cv2.cvtColor(image, code), dtype=np.uint8)
+
+
+def rgb_to_bgr(image: np.ndarray) -> np.ndarray:
+    """RGB HWC (or gray) → what OpenCV writes."""
+    import cv2
+
+    if image.ndim == 2 or image.shape[2] == 1:
+        return np.ascontiguousarray(image)
+    if image.shape[2] != 3:
+        raise MediaError(f"expected HW, HWx1 or HWx3 (RGB), got shape {image.shape}")
+    return np.asarray(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR))
+
+
+def decode_image(data: bytes | np.ndarray, what: str) -> UInt8Array:
+    """Encoded image bytes (PNG, JPEG, …) → HWC uint8 RGB; `what` names them in errors."""
+    import cv2
+
+    raw = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+    image: Any = cv2.imdecode(raw, cv2.IMREAD_ANYCOLOR) if raw.size else None
+    if image is None:
+        raise MediaError(f"{what}: not a readable image (OpenCV cannot decode it)")
+    return bgr_to_rgb(image)
+
+
+def read_image(path: Path) -> UInt8Array:
+    """An image file as HWC uint8 RGB.
+
+    np.fromfile + imdecode rather than imread: imread returns None without saying why
+    (missing, unreadable or undecodable), and fails on non-ASCII paths on some platforms.
+    """
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise MediaError(f"{path}: cannot read: {exc.strerror}") from None
+    return decode_image(raw, str(path))
+
+
+def resample(wave: FloatArray, rate: int, target: int) -> FloatArray:
+    """librosa's default resampler (soxr_hq): band-limited and deterministic."""
+    if rate == target:
+        return wave
+    import librosa
+
+    out = librosa.resample(wave, orig_sr=rate, target_sr=target)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def read_wav(path: Path, sample_rate: int) -> FloatArray:
+    """A sound file as a mono float32 waveform at `sample_rate` (channels averaged)."""
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise MediaError(f"{path}: not a readable sound file ({exc})") from None
+    if data.shape[0] == 0:
+        raise MediaError(f"{path}: sound file has no samples")
+    wave = np.ascontiguousarray(data.mean(axis=1, dtype=np.float32), dtype=np.float32)
+    return resample(wave, int(rate), sample_rate)
