@@ -448,48 +448,6 @@ def neuron_scores(
         return _fisher_neurons(model, x, group, batch_size)
 
 
-def rank_channels(
-    model: ViT,
-    x: torch.Tensor,
-    group_classes: Sequence[int],
-    method: Method = "kl",
-    *,
-    seed: int = 0,
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """Residual channel ids (D,), most important first."""
-    scores = channel_scores(model, x, group_classes, method, seed=seed, batch_size=batch_size)
-    return order_by_importance(scores)
-
-
-def rank_heads(
-    model: ViT,
-    x: torch.Tensor,
-    group_classes: Sequence[int],
-    method: Method = "kl",
-    *,
-    seed: int = 0,
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """Head ids (depth, h) of each block, most important first."""
-    scores = head_scores(model, x, group_classes, method, seed=seed, batch_size=batch_size)
-    return order_by_importance(scores)
-
-
-def rank_neurons(
-    model: ViT,
-    x: torch.Tensor,
-    group_classes: Sequence[int],
-    method: Method = "kl",
-    *,
-    seed: int = 0,
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """FFN neuron ids (depth, H) of each block, most important first."""
-    scores = neuron_scores(model, x, group_classes, method, seed=seed, batch_size=batch_size)
-    return order_by_importance(scores)
-
-
 def rank_components(
     model: ViT,
     x: torch.Tensor,
@@ -506,7 +464,7 @@ def rank_components(
     """
     kwargs: dict[str, Any] = {"seed": seed, "batch_size": batch_size}
     return Ranking(
-        channels=rank_channels(model, x, group_classes, method, **kwargs),
-        heads=rank_heads(model, x, group_classes, method, **kwargs),
-        neurons=rank_neurons(model, x, group_classes, method, **kwargs),
+        channels=order_by_importance(channel_scores(model, x, group_classes, method, **kwargs)),
+        heads=order_by_importance(head_scores(model, x, group_classes, method, **kwargs)),
+        neurons=order_by_importance(neuron_scores(model, x, group_classes, method, **kwargs)),
     )

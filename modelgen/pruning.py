@@ -39,10 +39,11 @@ from torch import nn
 from modelgen.importance import (
     Method,
     ViT,
+    channel_scores,
     check_group,
-    rank_channels,
-    rank_heads,
-    rank_neurons,
+    head_scores,
+    neuron_scores,
+    order_by_importance,
     vit_dims,
 )
 from modelgen.model import ModelConfig, build_vit
@@ -312,20 +313,19 @@ def prune_for_group(
     kwargs = {"seed": seed, "batch_size": batch_size}
 
     # Stage 1: residual channels, ranked on the base.
-    channels = keep_top(
-        rank_channels(model, x_group, group, method, **kwargs), final_shape.embed_dim
-    )
+    channel_order = order_by_importance(channel_scores(model, x_group, group, method, **kwargs))
+    channels = keep_top(channel_order, final_shape.embed_dim)
     stage = Kept(channels, everything.heads, everything.neurons)
     cut = slice_vit(model, shape, stage)  # every class kept: the ranking's view needs them
 
     # Stage 2: heads, ranked on the channel-cut model (head ids are still the base's).
-    head_order = rank_heads(cut, x_group, group, method, **kwargs)  # (depth, h)
+    head_order = order_by_importance(head_scores(cut, x_group, group, method, **kwargs))
     heads = tuple(keep_top(row, heads_k) for row in head_order)
     stage = Kept(channels, heads, everything.neurons)
     cut = slice_vit(model, shape, stage)
 
     # Stage 3: FFN neurons, ranked on the channel- and head-cut model.
-    neuron_order = rank_neurons(cut, x_group, group, method, **kwargs)  # (depth, H)
+    neuron_order = order_by_importance(neuron_scores(cut, x_group, group, method, **kwargs))
     neurons = tuple(keep_top(row, final_shape.mlp_hidden) for row in neuron_order)
     kept = Kept(channels, heads, neurons)
 
