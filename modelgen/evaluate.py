@@ -17,7 +17,7 @@ import numpy as np
 from edvit.bundle import Bundle, load_bundle
 from edvit.fusion import FusionMLP, softmax
 from edvit.preprocess import parse_preprocess, preprocess_batch
-from modelgen.export import ort_session
+from modelgen.export import ONNX_INPUT, ONNX_OUTPUTS, ort_session
 
 LATENCY_RUNS = 20
 
@@ -48,6 +48,14 @@ def _samples(bundle: Bundle, data: Path | None) -> tuple[list[np.ndarray], np.nd
     if dataset.classes != bundle.manifest.classes:
         raise EvalError(f"dataset classes {dataset.classes} != bundle {bundle.manifest.classes}")
     return [dataset.samples[i] for i in idx], dataset.labels[idx]
+
+
+def _run_each(session: Any, outputs: list[str], input_name: str, x: np.ndarray) -> list[np.ndarray]:
+    """Outputs over `x` one sample at a time, as a node runs them: ONNX Runtime's results
+    can differ in the last bits between batch sizes, and eval must predict what the site does.
+    """
+    rows = [session.run(outputs, {input_name: x[i : i + 1]}) for i in range(len(x))]
+    return [np.concatenate([r[k] for r in rows]) for k in range(len(outputs))]
 
 
 def _latency_ms(session: Any, x: np.ndarray) -> float:
@@ -85,7 +93,7 @@ def evaluate_bundle(
     per_sub = []
     for sub in m.submodels:
         session = ort_session(bundle.path(sub.onnx))
-        feat, logits = session.run(sub.onnx_outputs, {sub.onnx_input: x})
+        feat, logits = _run_each(session, sub.onnx_outputs, sub.onnx_input, x)
         # Rounded as the wire carries them (fp16), so eval predicts what the aggregator does.
         features[sub.id] = None if sub.id in drop else feat.astype(np.float16).astype(np.float32)
         if sub.id not in drop:
@@ -116,7 +124,7 @@ def evaluate_bundle(
     }
     if m.base.onnx is not None:
         session = ort_session(bundle.path(m.base.onnx))
-        base_logits = session.run(["logits"], {"input": x})[0]
+        _, base_logits = _run_each(session, list(ONNX_OUTPUTS), ONNX_INPUT, x)
         result["base_acc"] = _acc(base_logits.argmax(axis=1), labels)
         result["base"] = {
             "heads": m.base.num_heads,
