@@ -95,3 +95,18 @@ def read_wav(path: Path, sample_rate: int) -> FloatArray:
         raise MediaError(f"{path}: sound file has no samples")
     wave = np.ascontiguousarray(data.mean(axis=1, dtype=np.float32), dtype=np.float32)
     return resample(wave, int(rate), sample_rate)
+
+
+def write_image(path: Path, rgb: np.ndarray) -> None:
+    """An RGB (or HWx1) uint8 image as a file whose format the suffix names (PNG: lossless)."""
+    import cv2
+
+    if not cv2.imwrite(str(path), rgb_to_bgr(rgb)):
+        raise MediaError(f"{path}: OpenCV could not write the image")
+
+
+def write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> None:
+    """A mono waveform as 32-bit float WAV: read back, it gives the very same samples."""
+    import soundfile as sf
+
+    sf.write(str(path), np.asarray(wave, dtype=np.float32), sample_rate, subtype="FLOAT")

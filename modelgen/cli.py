@@ -114,7 +114,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from modelgen.evaluate import EvalError, evaluate_bundle
 
     try:
-        result = evaluate_bundle(args.bundle, drop=args.drop, data=args.data)
+        result = evaluate_bundle(
+            args.bundle, drop=args.drop, data=args.data, predictions=args.predictions
+        )
     except (EvalError, DatasetError, BundleError) as exc:
         raise CliError(str(exc)) from None
     if args.json:
@@ -128,6 +130,16 @@ def _cmd_eval(args: argparse.Namespace) -> None:
             f"  {sub['id']}: heads {sub['heads']}  {sub['size_mib']:.3f} MiB  "
             f"{sub['gmacs']:.4f} GMACs  {sub['latency_ms']:.2f} ms"
         )
+
+
+def _cmd_samples(args: argparse.Namespace) -> None:
+    from modelgen.datasets import DatasetError
+    from modelgen.evaluate import EvalError, write_samples
+
+    try:
+        print(write_samples(args.bundle, args.out, data=args.data))
+    except (EvalError, DatasetError, BundleError) as exc:
+        raise CliError(str(exc)) from None
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -180,7 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--drop", nargs="+", default=[], metavar="SUB", help="sub-models to leave out")
     ev.add_argument("--data", type=Path, help="every sample of another dataset of the same kind")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument(
+        "--predictions", action="store_true", help="add each sample's label and prediction"
+    )
     ev.set_defaults(func=_cmd_eval)
+
+    samples = sub.add_parser(
+        "samples", help="write the test split as files for replay sources (+ labels.json)"
+    )
+    samples.add_argument("bundle", help="bundle directory")
+    samples.add_argument("--out", required=True, type=Path, help="output folder")
+    samples.add_argument("--data", type=Path, help="every sample of another dataset instead")
+    samples.set_defaults(func=_cmd_samples)
 
     report = sub.add_parser("report", help="report.md and PNG plots into the bundle")
     report.add_argument("bundle", help="bundle directory")

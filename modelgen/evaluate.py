@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,17 @@ class EvalError(Exception):
     """The bundle cannot be evaluated as asked (unknown sub-model, unusable data)."""
 
 
-def _samples(bundle: Bundle, data: Path | None) -> tuple[list[np.ndarray], np.ndarray]:
+@dataclass(frozen=True)
+class Samples:
+    """Raw samples in evaluation order, their labels and their dataset names."""
+
+    samples: list[np.ndarray]
+    labels: np.ndarray
+    sources: list[str]
+    sample_rate: int | None
+
+
+def bundle_samples(bundle: Bundle, data: Path | None = None) -> Samples:
     """The bundle's recorded test split, or every sample of `data` (same kind of dataset)."""
     from pydantic import TypeAdapter
 
@@ -47,7 +58,12 @@ def _samples(bundle: Bundle, data: Path | None) -> tuple[list[np.ndarray], np.nd
         idx = np.arange(len(dataset.labels))
     if dataset.classes != bundle.manifest.classes:
         raise EvalError(f"dataset classes {dataset.classes} != bundle {bundle.manifest.classes}")
-    return [dataset.samples[i] for i in idx], dataset.labels[idx]
+    return Samples(
+        samples=[dataset.samples[i] for i in idx],
+        labels=dataset.labels[idx],
+        sources=[dataset.sources[i] for i in idx],
+        sample_rate=dataset.sample_rate,
+    )
 
 
 def _run_each(session: Any, outputs: list[str], input_name: str, x: np.ndarray) -> list[np.ndarray]:
@@ -75,7 +91,10 @@ def _acc(pred: np.ndarray, labels: np.ndarray) -> float | None:
 
 
 def evaluate_bundle(
-    directory: str | Path, drop: Sequence[str] = (), data: Path | None = None
+    directory: str | Path,
+    drop: Sequence[str] = (),
+    data: Path | None = None,
+    predictions: bool = False,
 ) -> dict[str, Any]:
     """The JSON of `modelgen eval`: base, fused and averaged-softmax accuracy, per sub-model."""
     bundle = load_bundle(directory)
@@ -84,8 +103,9 @@ def evaluate_bundle(
     if unknown := sorted(set(drop) - set(ids)):
         raise EvalError(f"--drop {', '.join(unknown)}: the bundle's sub-models are {ids}")
     spec = parse_preprocess(m.preprocess)
-    samples, labels = _samples(bundle, data)
-    x = preprocess_batch(spec, samples)
+    chosen = bundle_samples(bundle, data)
+    labels = chosen.labels
+    x = preprocess_batch(spec, chosen.samples)
     num_classes = len(m.classes)
 
     features: dict[str, np.ndarray | None] = {}
@@ -122,6 +142,11 @@ def evaluate_bundle(
         "per_submodel": per_sub,
         "dropped": list(drop),
     }
+    if predictions:  # per sample, in evaluation order: what the site must reproduce
+        result["predictions"] = [
+            {"source": src, "label": int(y), "fused": int(p)}
+            for src, y, p in zip(chosen.sources, labels, fused, strict=True)
+        ]
     if m.base.onnx is not None:
         session = ort_session(bundle.path(m.base.onnx))
         _, base_logits = _run_each(session, list(ONNX_OUTPUTS), ONNX_INPUT, x)
@@ -139,3 +164,28 @@ def evaluate_bundle(
         if "base_acc" in result:
             result["kept_classes_base_acc"] = _acc(base_logits.argmax(axis=1)[kept], labels[kept])
     return result
+
+
+def write_samples(directory: str | Path, out: Path, data: Path | None = None) -> Path:
+    """The evaluation samples as files a node's replay source reads (PNG or float WAV, both
+    lossless), named in evaluation order so tick k shows item k mod M, plus `labels.json`."""
+    import json
+
+    from edvit import media
+
+    bundle = load_bundle(directory)
+    chosen = bundle_samples(bundle, data)
+    out.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i, (sample, label, source) in enumerate(
+        zip(chosen.samples, chosen.labels, chosen.sources, strict=True)
+    ):
+        name = f"{i:06d}.{'wav' if chosen.sample_rate else 'png'}"
+        if chosen.sample_rate:
+            media.write_wav(out / name, sample, chosen.sample_rate)
+        else:
+            media.write_image(out / name, sample)
+        items.append({"file": name, "source": source, "label": int(label)})
+    labels = out / "labels.json"
+    labels.write_text(json.dumps({"classes": bundle.manifest.classes, "items": items}, indent=1))
+    return labels

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -163,3 +164,35 @@ def test_audio_build_on_generated_keywords(tmp_path: Path) -> None:
     fresh = json.loads(run("modelgen", "eval", str(out), "--data", str(other), "--json").stdout)
     assert fresh["samples"] == 4 * 3
     assert 0.0 <= fresh["fused_acc"] <= 1.0
+    # replay files: float WAV, read back bit-exact
+    from edvit import media
+
+    run("modelgen", "samples", str(out), "--out", str(tmp_path / "s"), "--data", str(other))
+    labels = json.loads((tmp_path / "s" / "labels.json").read_text())
+    assert len(labels["items"]) == 12
+    item = labels["items"][0]
+    replayed = media.read_wav(tmp_path / "s" / item["file"], 16000)
+    original = media.read_wav(other / item["source"], 16000)
+    np.testing.assert_array_equal(replayed, original)
+
+
+def test_samples_replay_the_test_split_losslessly(
+    bundle: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    from edvit import media
+
+    _, out, _ = bundle
+    run("modelgen", "samples", str(out), "--out", str(tmp_path / "s"))
+    labels = json.loads((tmp_path / "s" / "labels.json").read_text())
+    result = json.loads(run("modelgen", "eval", str(out), "--predictions", "--json").stdout)
+    preds = result["predictions"]
+    assert [i["source"] for i in labels["items"]] == [p["source"] for p in preds]
+    assert [i["label"] for i in labels["items"]] == [p["label"] for p in preds]
+    assert sorted(p.name for p in (tmp_path / "s").glob("*.png")) == [
+        i["file"] for i in labels["items"]
+    ]
+    # the file holds the digit itself: 8×8, one channel, values 0..255 scaled from 0..16
+    first = media.read_image(tmp_path / "s" / labels["items"][0]["file"])
+    assert first.shape == (8, 8, 1)
+    assert first.dtype == np.uint8
+    assert sum(p["fused"] == p["label"] for p in preds) / len(preds) == result["fused_acc"]
