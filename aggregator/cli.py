@@ -1,19 +1,124 @@
-"""`aggregator`: the fusing service (systemd: edvit-aggregator)."""
+"""`aggregator`: the fusing service (systemd: edvit-aggregator).
+
+    aggregator run --bundle DIR --config site.yaml [--print] [--broker HOST:PORT]
+                   [--validate-config] [--connect-timeout S] [--log-level LEVEL]
+
+Exit status: 0 after a clean stop (SIGTERM, SIGINT), 2 for an unusable bundle or config
+(the message names the file and key), 1 when the broker refuses or never answers.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from edvit.bundle import BundleError, load_bundle
+from edvit.config import ConfigError
+from edvit.config.site import load_site_config, parse_broker, site_problems, with_broker
+from edvit.fusion import FusionError
+from edvit.mqtt import MqttError
+
+log = logging.getLogger("aggregator")
+
+
+def _broker_arg(text: str) -> str:
+    try:
+        parse_broker(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog="aggregator", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="aggregator",
+        description="Fuse the site's sub-model features into results (see DESIGN.md).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the aggregator until SIGTERM / Ctrl-C")
+    run.add_argument("--bundle", required=True, type=Path, help="bundle directory")
+    run.add_argument("--config", required=True, type=Path, help="site config (YAML)")
+    run.add_argument("--print", action="store_true", help="print one line per result")
+    run.add_argument(
+        "--broker", type=_broker_arg, metavar="HOST:PORT", help="override the config's broker"
+    )
+    run.add_argument(
+        "--validate-config",
+        action="store_true",
+        help="check the bundle (every sha256) and the config against it, then exit",
+    )
+    run.add_argument(
+        "--connect-timeout",
+        type=float,
+        metavar="S",
+        help="give up when the broker has not answered after S seconds (default: wait)",
+    )
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from aggregator.app import Aggregator, StartCancelledError, StartError
+
+    logging.basicConfig(
+        level=args.log_level, format="%(name)s: %(levelname)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        cfg = with_broker(load_site_config(args.config), args.broker)
+        if args.validate_config:
+            bundle = load_bundle(args.bundle)
+            problems = site_problems(cfg, bundle.manifest)
+            if problems:
+                raise ConfigError(str(args.config), problems)
+            print(
+                f"{args.config}: ok (site {cfg.site}, {len(cfg.nodes)} nodes); "
+                f"{args.bundle}: ok ({len(bundle.manifest.submodels)} sub-models, "
+                "every sha256 verified)"
+            )
+            return 0
+    except (ConfigError, BundleError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    app = Aggregator(args.bundle, cfg, print_results=args.print, cancel=stop)
+    try:
+        app.start(connect_timeout=args.connect_timeout)
+    except StartCancelledError:
+        app.stop()
+        return 0
+    except (ConfigError, BundleError, FusionError) as exc:
+        app.stop()
+        print(exc, file=sys.stderr)
+        return 2
+    except (MqttError, StartError) as exc:
+        app.stop()
+        print(f"aggregator: {exc}", file=sys.stderr)
+        return 1
+    while not stop.wait(1.0):
+        pass
+    log.info("stopping")
+    app.stop()
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    return 0
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
 
 
 if __name__ == "__main__":

@@ -13,11 +13,13 @@ from edvit.bundle import BundleError, load_bundle
 from edvit.config import ConfigError, DevicesFile, load_config
 from edvit.config.loader import load_yaml
 from edvit.config.recipe import Recipe
+from edvit.config.site import SiteConfig
 
 # kind → (the top-level key that marks a YAML file as that kind, its model)
 CONFIG_KINDS: dict[str, tuple[str, type[BaseModel]]] = {
     "devices": ("devices", DevicesFile),
     "recipe": ("dataset", Recipe),
+    "site": ("site", SiteConfig),
 }
 
 

@@ -9,7 +9,10 @@ Select another with `pytest --hypothesis-profile=NAME`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
+from broker import Mosquitto, mosquitto_binary
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -26,3 +29,19 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+@pytest.fixture
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A private mosquitto on a free loopback port (tests/broker.py), killed after the test.
+
+    Skipped only where the binary is missing; `scripts/setup.sh` installs it, so CI runs it.
+    """
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto; scripts/setup.sh)")
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.kill()

@@ -1,0 +1,378 @@
+"""The aggregator service: validate feature messages, align them by tick, fuse, publish.
+
+Threads, and why:
+- paho's network thread only enqueues messages (bounded inbox; never any work there);
+- the worker owns the alignment buffer: it decodes and validates each message, adds it,
+  and wakes at the next deadline to emit partial ticks, so buffer state needs no lock;
+- the timer publishes stats and tells systemd's watchdog the worker is alive — a worker
+  stuck for longer than the watchdog interval gets the service restarted.
+A message that fails validation is counted under its WireError reason and dropped; it never
+raises out of the worker and never holds up other ticks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from aggregator.alignment import Aligner, Emitted
+from aggregator.fusion import Fuser
+from edvit import sdnotify, topics
+from edvit.bundle import Bundle, load_bundle
+from edvit.config.site import SiteConfig
+from edvit.mqtt import Message, MqttClient
+from edvit.wire import REASONS, WireError, decode_features, encode_result
+
+log = logging.getLogger("aggregator")
+
+FEATURE_QOS = 1
+RESULT_QOS = 1
+LATENCY_WINDOW = 1000  # results the latency percentiles are taken over
+HEARTBEAT_MAX_S = 0.25  # the worker wakes at least this often
+LOG_EVERY_S = 10.0  # bad messages of one reason are logged at most this often
+
+
+class StartCancelledError(Exception):
+    """start() was interrupted by a stop request (SIGTERM while waiting for the broker)."""
+
+
+class StartError(Exception):
+    """The aggregator cannot start: the broker did not answer in time."""
+
+
+def discovery_config(cfg: SiteConfig) -> tuple[str, dict[str, Any]]:
+    """Home Assistant MQTT discovery: (config topic, retained payload) of one sensor.
+
+    The state is the label; score, completeness, missing sub-models and latency are
+    attributes. Availability follows the aggregator's status topic; `stopped` (a clean
+    exit) reads as unavailable too.
+    """
+    ha = cfg.aggregator.home_assistant
+    object_id = ha.object_id or f"{cfg.site}_edvit".replace(".", "_")
+    result = topics.result(cfg.site)
+    payload: dict[str, Any] = {
+        "name": ha.name or f"edvit {cfg.site}",
+        "unique_id": object_id,
+        "object_id": object_id,
+        "state_topic": result,
+        "value_template": "{{ value_json.label }}",
+        "json_attributes_topic": result,
+        "json_attributes_template": (
+            "{{ {'score': value_json.score, 'complete': value_json.complete, "
+            "'missing': value_json.missing, 'tick': value_json.tick, "
+            "'latency_ms': value_json.latency_ms} | tojson }}"
+        ),
+        "availability": [
+            {
+                "topic": topics.aggregator_status(cfg.site),
+                "payload_available": topics.ONLINE,
+                "payload_not_available": topics.OFFLINE,
+                "value_template": (
+                    "{{ '"
+                    + topics.ONLINE
+                    + "' if value == '"
+                    + topics.ONLINE
+                    + "' else '"
+                    + topics.OFFLINE
+                    + "' }}"
+                ),
+            }
+        ],
+        "icon": "mdi:eye",
+        "device": {
+            "identifiers": [f"edvit_{cfg.site}"],
+            "name": f"edvit {cfg.site}",
+            "manufacturer": "edvit",
+            "model": "ED-ViT aggregator",
+        },
+    }
+    return f"{ha.discovery_prefix}/sensor/{object_id}/config", payload
+
+
+def _percentiles(values: deque[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p99": None}
+    p50, p99 = np.percentile(np.fromiter(values, dtype=np.float64), [50, 99])
+    return {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}
+
+
+class Aggregator:
+    """One site's aggregator; `start()` then `stop()` (see the module docstring)."""
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        cfg: SiteConfig,
+        *,
+        print_results: bool = False,
+        out: TextIO = sys.stdout,
+        clock: Callable[[], float] = time.time,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.cfg = cfg
+        self.print_results = print_results
+        self._out = out
+        self._clock = clock
+        self._cancel = cancel or threading.Event()
+        self._stopping = threading.Event()
+        self._inbox: queue.Queue[Message] = queue.Queue(maxsize=cfg.aggregator.queue_size)
+        self._lock = threading.Lock()  # guards the counters the timer reads
+        self._started_at = time.monotonic()
+        self._beat = time.monotonic()
+        self._worker: threading.Thread | None = None
+        self._timer: threading.Thread | None = None
+        self.bundle: Bundle | None = None
+        self.fuser: Fuser | None = None
+        self.client: MqttClient | None = None
+        self.aligner: Aligner | None = None
+        self._expected: dict[str, tuple[str, int]] = {}
+        self._received = 0
+        self._fused = 0
+        self._errors = 0
+        self._dropped: dict[str, int] = dict.fromkeys(REASONS, 0)
+        self._latency: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._overhead: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._last_log: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def start(self, connect_timeout: float | None = None) -> None:
+        """Bring the service up, one step at a time; stop() undoes whatever was done."""
+        self.bundle = self._load_bundle()
+        self.fuser = Fuser.from_bundle(self.bundle)
+        self.aligner = self._make_aligner(self.bundle)
+        self.client = self._make_client()
+        self._connect(self.client, connect_timeout)
+        self._worker = self._spawn("aggregator-worker", self._work)
+        self._timer = self._spawn("aggregator-timer", self._tick_timer)
+        sdnotify.ready()
+        sdnotify.status(f"fusing {len(self._expected)} sub-models for site {self.cfg.site}")
+        log.info(
+            "aggregator for site %s: %d sub-models %s, broker %s, results on %s",
+            self.cfg.site,
+            len(self._expected),
+            sorted(self._expected),
+            self.client.address,
+            topics.result(self.cfg.site),
+        )
+
+    def stop(self) -> None:
+        """Stop the threads, publish the last stats and `stopped`, disconnect. Idempotent."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._cancel.set()
+        sdnotify.stopping()
+        for thread in (self._timer, self._worker):
+            if thread is not None:
+                thread.join(timeout=5)
+        if self.client is not None:
+            if self.client.connected:
+                self.client.publish_json(topics.aggregator_stats(self.cfg.site), self.stats())
+            self.client.stop()
+
+    # --- start steps --------------------------------------------------------------------------
+
+    def _load_bundle(self) -> Bundle:
+        """Load the bundle, verifying every sha256 (BundleError names a bad file)."""
+        bundle = load_bundle(self.bundle_dir)
+        self._expected = {
+            s.id: (bundle.model_hash(s.id), s.feature_dim) for s in bundle.manifest.submodels
+        }
+        return bundle
+
+    def _make_aligner(self, bundle: Bundle) -> Aligner:
+        return Aligner(
+            [s.id for s in bundle.manifest.submodels],
+            period_s=self.cfg.tick.period_s,
+            deadline_s=self.cfg.tick.deadline_s,
+            buffer_ticks=self.cfg.aggregator.buffer_ticks,
+        )
+
+    def _make_client(self) -> MqttClient:
+        site = self.cfg.site
+        client = MqttClient(
+            self.cfg.broker,
+            client_id=topics.client_id(site, "aggregator"),
+            status_topic=topics.aggregator_status(site),
+            subscriptions=[(topics.feat_wildcard(site), FEATURE_QOS)],
+            inbox=self._inbox,
+        )
+        if self.cfg.aggregator.home_assistant.enabled:
+            topic, payload = discovery_config(self.cfg)
+            client.publish_on_connect(topic, _json_bytes(payload))
+        return client
+
+    def _connect(self, client: MqttClient, timeout: float | None) -> None:
+        """Wait for the broker (paho keeps retrying); log while waiting, give up on cancel."""
+        client.start()
+        waited = 0.0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not client.wait_connected(1.0):
+            if self._cancel.is_set():
+                raise StartCancelledError
+            waited += 1.0
+            if deadline is not None and time.monotonic() >= deadline:
+                raise StartError(
+                    f"the broker at {client.address} did not answer within {timeout:g} s "
+                    f"({client.last_error or 'no answer'})"
+                )
+            if waited % 5 == 0:
+                log.warning("waiting for the broker at %s (%s)", client.address, client.last_error)
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    # --- worker -------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        aligner = self.aligner
+        if aligner is None:  # start() creates it before the worker
+            return
+        while not self._stopping.is_set():
+            timeout = HEARTBEAT_MAX_S
+            next_deadline = aligner.next_deadline()
+            if next_deadline is not None:
+                timeout = max(0.0, min(timeout, next_deadline - self._clock()))
+            try:
+                msg: Message | None = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                msg = None
+            self._beat = time.monotonic()
+            try:
+                emitted = aligner.expire(self._clock())
+                if msg is not None:
+                    emitted += self._accept(aligner, msg)
+                for tick in emitted:
+                    self._publish(tick)
+            except Exception:  # a bug must not end the service: count it, keep fusing
+                with self._lock:
+                    self._errors += 1
+                log.exception("aggregator worker: unexpected error (message dropped)")
+
+    def _accept(self, aligner: Aligner, msg: Message) -> list[Emitted]:
+        with self._lock:
+            self._received += 1
+        now = self._clock()
+        tick_cfg = self.cfg.tick
+        try:
+            fm = decode_features(
+                msg.payload,
+                site=self.cfg.site,
+                expected=self._expected,
+                now=now,
+                period_s=tick_cfg.period_s,
+                max_past=tick_cfg.max_past_ticks,
+                max_future=tick_cfg.max_future_ticks,
+                max_bytes=self.cfg.aggregator.max_message_bytes,
+                topic_sub=topics.sub_of_feat_topic(self.cfg.site, msg.topic),
+            )
+        except WireError as exc:
+            with self._lock:
+                self._dropped[exc.reason] += 1
+            self._log_drop(exc, msg.topic)
+            return []
+        return aligner.add(fm.tick, fm.sub, fm.ts, fm.feat, now, received=msg.received)
+
+    def _publish(self, tick: Emitted) -> None:
+        if self.fuser is None or self.client is None:
+            return
+        fused = self.fuser.fuse(tick.features)
+        latency_ms = (self._clock() - tick.ts) * 1e3
+        payload = encode_result(
+            tick=tick.tick,
+            ts=tick.ts,
+            label=fused.label,
+            score=fused.score,
+            scores=fused.scores,
+            complete=tick.complete,
+            missing=tick.missing,
+            latency_ms=latency_ms,
+        )
+        self.client.publish_bytes(topics.result(self.cfg.site), payload, qos=RESULT_QOS)
+        overhead_ms = (time.monotonic() - tick.last_received) * 1e3
+        with self._lock:
+            self._fused += 1
+            self._latency.append(latency_ms)
+            if tick.complete:
+                self._overhead.append(overhead_ms)
+        if self.print_results:
+            state = "complete" if tick.complete else "partial, missing " + ",".join(tick.missing)
+            print(
+                f"tick {tick.tick}: {fused.label} ({fused.score:.3f}) {state}, {latency_ms:.1f} ms",
+                file=self._out,
+                flush=True,
+            )
+
+    def _log_drop(self, exc: WireError, topic: str) -> None:
+        """Log a refused message, at most once per reason every LOG_EVERY_S (floods happen)."""
+        now = time.monotonic()
+        last = self._last_log.get(exc.reason)
+        if last is not None and now - last < LOG_EVERY_S:
+            self._suppressed[exc.reason] = self._suppressed.get(exc.reason, 0) + 1
+            return
+        self._last_log[exc.reason] = now
+        more = self._suppressed.pop(exc.reason, 0)
+        suffix = f" (+{more} more since the last report)" if more else ""
+        log.warning("dropped a message on %s: %s%s", topic[:200], exc, suffix)
+
+    # --- timer: stats and watchdog ------------------------------------------------------------
+
+    def _tick_timer(self) -> None:
+        watchdog = sdnotify.Watchdog()
+        interval = self.cfg.aggregator.stats_interval_s
+        step = min(0.5, interval, (watchdog.interval or 1.0) / 4)
+        next_stats = time.monotonic() + interval
+        while not self._stopping.wait(step):
+            now = time.monotonic()
+            if now - self._beat < max(5.0, 2 * HEARTBEAT_MAX_S):
+                watchdog.kick()  # only while the worker is alive
+            if now >= next_stats:
+                next_stats = now + interval
+                if self.client is not None and self.client.connected:
+                    self.client.publish_json(topics.aggregator_stats(self.cfg.site), self.stats())
+
+    def stats(self) -> dict[str, Any]:
+        """The stats message: counters since start, latency percentiles of recent results."""
+        aligner = self.aligner
+        client = self.client
+        with self._lock:
+            dropped = dict(self._dropped)
+            dropped["queue_full"] = client.dropped if client is not None else 0
+            dropped["overflow"] = aligner.overflow if aligner is not None else 0
+            dropped["error"] = self._errors
+            return {
+                "ts": round(self._clock(), 3),
+                "uptime_s": round(time.monotonic() - self._started_at, 1),
+                "received": self._received,
+                "fused": self._fused,
+                "complete": aligner.complete if aligner is not None else 0,
+                "partial": aligner.partial if aligner is not None else 0,
+                "evicted": aligner.evicted if aligner is not None else 0,
+                "late": aligner.late if aligner is not None else 0,
+                "duplicate": aligner.duplicate if aligner is not None else 0,
+                "pending": aligner.pending if aligner is not None else 0,
+                "dropped": dropped,
+                "latency_ms": _percentiles(self._latency),
+                "overhead_ms": _percentiles(self._overhead),
+                "reconnects": client.reconnects if client is not None else 0,
+                "connected": client.connected if client is not None else False,
+            }
+
+
+def _json_bytes(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

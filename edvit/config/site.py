@@ -1,0 +1,516 @@
+"""The site config: one YAML file every edge node and the aggregator of a site read.
+
+It names the site (the topic prefix), the broker, the tick clock, the aggregator's limits and
+each node's capture source. The broker password is never in it: a YAML file gets copied,
+committed and pasted into issues, so the password comes from an environment variable or a
+systemd credential (`LoadCredential=`), see `broker_password`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from edvit.config.base import StrictModel
+from edvit.config.loader import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from edvit.bundle import Manifest
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # also a valid MQTT topic level
+DEFAULT_PASSWORD_ENV = "EDVIT_MQTT_PASSWORD"
+DEFAULT_PASSWORD_CREDENTIAL = "mqtt-password"
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_CREDENTIAL_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+
+Id = Annotated[str, Field(pattern=ID_PATTERN, max_length=64)]
+
+
+def _invalid(loc: tuple[str | int, ...], message: str, value: Any) -> ValidationError:
+    """A validation error at `loc` (relative to the model validating), so the loader's
+    message names the exact key and line instead of the section that checked it."""
+    detail = InitErrorDetails(
+        type=PydanticCustomError("value_error", message), loc=loc, input=value
+    )
+    return ValidationError.from_exception_data("SiteConfig", [detail])
+
+
+class TlsConfig(StrictModel):
+    """TLS to the broker; relative file paths are relative to the site config file."""
+
+    ca_file: str | None = Field(
+        default=None,
+        description="CA certificate (PEM) that signed the broker's certificate; null uses the "
+        "system's trusted CAs.",
+    )
+    cert_file: str | None = Field(
+        default=None, description="Client certificate (PEM) for mutual TLS; needs key_file."
+    )
+    key_file: str | None = Field(
+        default=None, description="Private key (PEM) of cert_file; needs cert_file."
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            raise _invalid(
+                (missing,), "cert_file and key_file go together: give both or neither", None
+            )
+        return self
+
+
+class BrokerConfig(StrictModel):
+    """The MQTT broker every part of the site connects to."""
+
+    host: str = Field(default="localhost", min_length=1, description="Broker host name or IP.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker port (8883 for TLS).")
+    keepalive: int = Field(
+        default=30,
+        ge=5,
+        le=3600,
+        description="Seconds between pings; the broker declares a silent client gone (and "
+        "publishes its `offline` will) after 1.5 times this.",
+    )
+    tls: TlsConfig | None = Field(default=None, description="TLS settings; null: plain TCP.")
+    username: str | None = Field(
+        default=None, min_length=1, description="MQTT user name; null: anonymous."
+    )
+    password_env: str = Field(
+        default=DEFAULT_PASSWORD_ENV,
+        pattern=_ENV_NAME,
+        description="Environment variable holding the password (the password itself is "
+        "never written in this file).",
+    )
+    password_credential: str = Field(
+        default=DEFAULT_PASSWORD_CREDENTIAL,
+        pattern=_CREDENTIAL_NAME,
+        description="systemd credential name (LoadCredential=NAME:FILE) holding the password, "
+        "read from $CREDENTIALS_DIRECTORY/NAME when the environment variable is unset.",
+    )
+
+
+class TickConfig(StrictModel):
+    """The site's clock: nodes capture tick k at k·period_s (wall clock, NTP-synced)."""
+
+    period_s: float = Field(default=1.0, gt=0, le=3600, description="Seconds between ticks.")
+    deadline_s: float = Field(
+        default=0.8,
+        gt=0,
+        le=3600,
+        description="How long after a tick's capture time (k·period_s) the aggregator waits "
+        "for missing sub-models before it emits the tick partial (complete: false).",
+    )
+    max_future_ticks: int = Field(
+        default=10,
+        ge=0,
+        description="Messages for ticks further ahead of the aggregator's clock are refused "
+        "(tick_range): a node with a wrong clock must not fill the buffer.",
+    )
+    max_past_ticks: int = Field(
+        default=100,
+        ge=0,
+        description="Messages for ticks further behind the aggregator's clock are refused "
+        "(tick_range).",
+    )
+
+    @model_validator(mode="after")
+    def _window(self) -> TickConfig:
+        if self.max_past_ticks * self.period_s < self.deadline_s:
+            need = math.ceil(self.deadline_s / self.period_s)
+            raise _invalid(
+                ("max_past_ticks",),
+                f"{self.max_past_ticks} ticks of {self.period_s:g} s refuse messages before "
+                f"deadline_s {self.deadline_s:g} s has passed; it must be at least {need}",
+                self.max_past_ticks,
+            )
+        return self
+
+
+class HomeAssistantConfig(StrictModel):
+    """Home Assistant MQTT discovery: the result appears as a sensor without hand work."""
+
+    enabled: bool = Field(default=False, description="Publish the retained discovery config.")
+    discovery_prefix: str = Field(
+        default="homeassistant",
+        pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+        description="Home Assistant's discovery prefix (its MQTT integration setting).",
+    )
+    object_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        max_length=64,
+        description="Discovery object id and unique id; null: <site>_edvit.",
+    )
+    name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Sensor name shown in Home Assistant; null: 'edvit <site>'.",
+    )
+
+
+class AggregatorConfig(StrictModel):
+    """Limits and outputs of the aggregator."""
+
+    stats_interval_s: float = Field(
+        default=10.0, gt=0, le=86400, description="Seconds between stats messages."
+    )
+    buffer_ticks: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Most ticks held while waiting for sub-models; when full the oldest is "
+        "emitted partial, so memory stays bounded whatever arrives.",
+    )
+    max_message_bytes: int = Field(
+        default=1 << 20,
+        ge=256,
+        le=256 << 20,
+        description="Feature messages larger than this are dropped unread (oversized).",
+    )
+    queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="Received messages waiting for the worker; beyond it they are dropped "
+        "(counted as queue_full) instead of growing memory.",
+    )
+    home_assistant: HomeAssistantConfig = Field(
+        default_factory=HomeAssistantConfig, description="Home Assistant discovery."
+    )
+
+
+class CameraSource(StrictModel):
+    """A live camera (OpenCV VideoCapture); the newest frame is used, never a backlog."""
+
+    kind: Literal["camera"] = Field(description="Selects a live camera.")
+    device: int | str = Field(
+        default=0,
+        description="Device index (0 = /dev/video0), a device path, or an RTSP/HTTP URL.",
+    )
+    width: int | None = Field(default=None, ge=1, description="Requested capture width.")
+    height: int | None = Field(default=None, ge=1, description="Requested capture height.")
+    fps: float | None = Field(default=None, gt=0, description="Requested capture frame rate.")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("a device index must be 0 or more")
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("an empty device; give an index, a path or a URL")
+        return value
+
+
+class MicrophoneSource(StrictModel):
+    """A live microphone (sounddevice); the sample rate is the bundle's preprocessing rate."""
+
+    kind: Literal["microphone"] = Field(description="Selects a live microphone.")
+    device: int | str | None = Field(
+        default=None, description="sounddevice device index or name; null: the default input."
+    )
+
+
+class VideoSource(StrictModel):
+    """Replay of a video file: tick k shows frame k mod (frames)."""
+
+    kind: Literal["video"] = Field(description="Selects a video file.")
+    path: str = Field(min_length=1, description="The video file; relative to this config.")
+    loop: bool = Field(
+        default=True,
+        description="Start again at the end; must be true: ticks count wall-clock periods, "
+        "so every node shows frame k mod (frames) at tick k.",
+    )
+
+    @field_validator("loop")
+    @classmethod
+    def _loops(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError(
+                "false is not supported: ticks count wall-clock periods, so a replay wraps "
+                "(frame k mod frames at tick k)"
+            )
+        return value
+
+
+class ImagesSource(StrictModel):
+    """Replay of image files: tick k shows file k mod M, in sorted name order."""
+
+    kind: Literal["images"] = Field(description="Selects a folder of images.")
+    folder: str = Field(min_length=1, description="The folder; relative to this config.")
+    pattern: str = Field(
+        default="*",
+        min_length=1,
+        description="Glob in the folder (`**/*.png` recurses); only image files are used.",
+    )
+
+
+class WavSource(StrictModel):
+    """Replay of sound files: tick k plays file k mod M, in sorted name order."""
+
+    kind: Literal["wav"] = Field(description="Selects a folder of WAV files.")
+    folder: str = Field(min_length=1, description="The folder; relative to this config.")
+    pattern: str = Field(
+        default="**/*",
+        min_length=1,
+        description="Glob in the folder; only sound files (.wav, .flac, .ogg) are used.",
+    )
+
+
+class RelaySource(StrictModel):
+    """The frames another (camera) node publishes: the paper's one camera, many devices."""
+
+    kind: Literal["relay"] = Field(description="Selects another node's published frames.")
+    camera: Id = Field(description="Node id whose frames to use; it needs publish_frames: true.")
+    wait: float = Field(
+        default=0.2,
+        gt=0,
+        le=60,
+        description="Seconds to wait for the tick's frame before the tick is skipped.",
+    )
+
+
+Source = Annotated[
+    CameraSource | MicrophoneSource | VideoSource | ImagesSource | WavSource | RelaySource,
+    Field(discriminator="kind"),
+]
+IMAGE_SOURCES = ("camera", "video", "images", "relay")
+
+
+class NodeConfig(StrictModel):
+    """One edge node: where its samples come from and how it runs."""
+
+    source: Source = Field(description="What the node captures; `kind` selects the source.")
+    submodels: list[Id] | None = Field(
+        default=None,
+        min_length=1,
+        description="Sub-model ids this node runs on each capture; null: the ones the "
+        "bundle's plan assigns to the device with this node's id.",
+    )
+    publish_frames: bool = Field(
+        default=False,
+        description="Publish each captured frame as JPEG on edvit/<site>/frame/<node> for "
+        "relay nodes (image sources only).",
+    )
+    jpeg_quality: int = Field(
+        default=85, ge=1, le=100, description="JPEG quality of published frames."
+    )
+    threads: int = Field(
+        default=1, ge=1, le=256, description="ONNX Runtime intra-op threads per sub-model."
+    )
+    stats_interval_s: float = Field(
+        default=10.0, gt=0, le=86400, description="Seconds between the node's stats messages."
+    )
+
+    @field_validator("submodels")
+    @classmethod
+    def _unique(cls, subs: list[str] | None) -> list[str] | None:
+        if subs is not None and len(set(subs)) != len(subs):
+            raise ValueError(f"sub-model ids appear more than once: {subs}")
+        return subs
+
+    @model_validator(mode="after")
+    def _frames(self) -> NodeConfig:
+        if self.publish_frames and self.source.kind not in ("camera", "video", "images"):
+            raise _invalid(
+                ("publish_frames",),
+                "needs an image source (camera, video, images), not " + self.source.kind,
+                True,
+            )
+        return self
+
+
+class SiteConfig(StrictModel):
+    """The site config file (`edvit validate` recognises it by its `site` key)."""
+
+    site: Id = Field(description="Site id: the second topic level, edvit/<site>/….")
+    broker: BrokerConfig = Field(default_factory=BrokerConfig, description="The MQTT broker.")
+    tick: TickConfig = Field(default_factory=TickConfig, description="The tick clock.")
+    aggregator: AggregatorConfig = Field(
+        default_factory=AggregatorConfig, description="The aggregator's limits and outputs."
+    )
+    nodes: dict[Id, NodeConfig] = Field(
+        default_factory=dict, description="Edge nodes by node id (the systemd instance name)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SiteConfig:
+        for node_id, node in self.nodes.items():
+            if node.source.kind != "relay":
+                continue
+            cam = node.source.camera
+            loc = ("nodes", node_id, "source", "camera")
+            if cam == node_id:
+                raise _invalid(loc, "a node cannot relay its own frames", cam)
+            if cam not in self.nodes:
+                raise _invalid(loc, f"no node {cam!r} in nodes (has {sorted(self.nodes)})", cam)
+            if not self.nodes[cam].publish_frames:
+                raise _invalid(
+                    loc,
+                    f"node {cam!r} does not publish frames; set nodes.{cam}.publish_frames: true",
+                    cam,
+                )
+        in_flight = math.ceil(self.tick.deadline_s / self.tick.period_s) + 1
+        if self.aggregator.buffer_ticks < in_flight:
+            raise _invalid(
+                ("aggregator", "buffer_ticks"),
+                f"{self.aggregator.buffer_ticks} is fewer than the {in_flight} ticks in flight "
+                f"within tick.deadline_s; ticks would be emitted before their deadline",
+                self.aggregator.buffer_ticks,
+            )
+        return self
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def _absolute(path: str | None, base: Path) -> str | None:
+    if path is None or Path(path).is_absolute():
+        return path
+    return str((base / path).resolve())
+
+
+def load_site_config(path: str | Path) -> SiteConfig:
+    """Read and validate a site config; relative file paths become relative to its folder.
+
+    So `folder: ../data/test` means the same wherever the process was started from (systemd
+    starts services in `/`).
+    """
+    path = Path(path)
+    cfg = load_config(path, SiteConfig)
+    base = path.resolve().parent
+    data: dict[str, Any] = cfg.model_dump()
+    tls = data["broker"]["tls"]
+    if tls is not None:
+        for key in ("ca_file", "cert_file", "key_file"):
+            tls[key] = _absolute(tls[key], base)
+    for node in data["nodes"].values():
+        source = node["source"]
+        for key in ("path", "folder"):
+            if key in source:
+                source[key] = _absolute(source[key], base)
+    return SiteConfig.model_validate(data)
+
+
+_HOST_PORT = re.compile(
+    r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\s\[\]]+))(?::(?P<port>\d+))?$"
+)
+
+
+def parse_broker(text: str) -> tuple[str, int | None]:
+    """`HOST:PORT`, `HOST` or `[IPv6]:PORT` → (host, port or None); ValueError otherwise.
+
+    Usable as an argparse `type=` (its ValueError becomes a clean usage error).
+    """
+    m = _HOST_PORT.match(text.strip())
+    if m is None:
+        raise ValueError(f"{text!r}: expected HOST:PORT, HOST or [IPv6]:PORT")
+    host = m.group("v6") or m.group("host")
+    port = int(m.group("port")) if m.group("port") else None
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"{text!r}: port {port} is not in 1…65535")
+    return host, port
+
+
+def with_broker(cfg: SiteConfig, override: str | None) -> SiteConfig:
+    """`cfg` with its broker host (and port) replaced by a `--broker HOST:PORT` value."""
+    if override is None:
+        return cfg
+    host, port = parse_broker(override)
+    update: dict[str, Any] = {"host": host}
+    if port is not None:
+        update["port"] = port
+    return cfg.model_copy(update={"broker": cfg.broker.model_copy(update=update)})
+
+
+# --- secrets ----------------------------------------------------------------------------------
+
+
+def broker_password(
+    cfg: SiteConfig | BrokerConfig, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The broker password: `$<password_env>`, else the systemd credential file, else None.
+
+    A trailing newline (as `echo` writes) is stripped from a credential file. Raises
+    ConfigError, naming the variable or file, when a source exists but is unusable, or when
+    a password is found without `broker.username` (MQTT sends no password without a user).
+    """
+    broker = cfg.broker if isinstance(cfg, SiteConfig) else cfg
+    env = os.environ if environ is None else environ
+    password: str | None = None
+    origin = ""
+    value = env.get(broker.password_env)
+    if value is not None:
+        if not value:
+            raise ConfigError(
+                f"${broker.password_env}", ["is set but empty; unset it or give the password"]
+            )
+        password, origin = value, f"${broker.password_env}"
+    elif env.get("CREDENTIALS_DIRECTORY"):
+        cred = Path(env["CREDENTIALS_DIRECTORY"]) / broker.password_credential
+        if cred.exists():
+            try:
+                text = cred.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(str(cred), [f"cannot read: {exc.strerror}"]) from None
+            except UnicodeDecodeError:
+                raise ConfigError(str(cred), ["not UTF-8 text"]) from None
+            password = text.rstrip("\r\n")
+            if not password:
+                raise ConfigError(str(cred), ["the credential file is empty"])
+            origin = str(cred)
+    if password is not None and broker.username is None:
+        raise ConfigError(
+            origin, ["a broker password is given but broker.username is not set in the config"]
+        )
+    return password
+
+
+# --- bundle ↔ site ----------------------------------------------------------------------------
+
+
+def node_submodels(cfg: SiteConfig, node_id: str, manifest: Manifest) -> list[str]:
+    """The sub-models node `node_id` runs: its `submodels`, else the bundle plan's assignment.
+
+    Raises ConfigError naming the key to set when neither gives an answer.
+    """
+    if node_id not in cfg.nodes:
+        raise ConfigError("site config", [f"nodes: no node {node_id!r} (has {sorted(cfg.nodes)})"])
+    ids = [s.id for s in manifest.submodels]
+    chosen = cfg.nodes[node_id].submodels
+    if chosen is not None:
+        unknown = [s for s in chosen if s not in ids]
+        if unknown:
+            raise ConfigError(
+                "site config",
+                [f"nodes.{node_id}.submodels: {unknown} are not in the bundle (has {ids})"],
+            )
+        return list(chosen)
+    assignment = manifest.plan.get("assignment") or {}
+    planned = [s for s in ids if assignment.get(s) == node_id]
+    if not planned:
+        raise ConfigError(
+            "site config",
+            [
+                f"nodes.{node_id}.submodels: not set, and the bundle's plan assigns no "
+                f"sub-model to a device {node_id!r}; list the sub-models to run (of {ids})"
+            ],
+        )
+    return planned
+
+
+def site_problems(cfg: SiteConfig, manifest: Manifest) -> list[str]:
+    """Every `key.path: message` that makes `cfg` unusable with the bundle of `manifest`."""
+    problems: list[str] = []
+    for node_id in cfg.nodes:
+        try:
+            node_submodels(cfg, node_id, manifest)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    return problems

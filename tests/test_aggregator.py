@@ -1,0 +1,567 @@
+"""The aggregator as systemd runs it: the installed console script, a real mosquitto, a real
+bundle built by `modelgen build`, and features computed by ONNX Runtime from its test split.
+
+Results must equal what `modelgen eval` computes from the same features (fp16 rounding, numpy
+fusion); bad messages must be counted under their reason without disturbing valid ticks; a
+broker restart must be survived; status, LWT and Home Assistant discovery must be retained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+import yaml
+from broker import Mosquitto, Subscriber, free_port, mosquitto_binary
+
+from edvit.bundle import load_bundle
+from edvit.fusion import FusionMLP, softmax
+from edvit.preprocess import parse_preprocess, preprocess_batch
+from edvit.wire import encode_features
+
+BIN = Path(sys.executable).parent
+SITE = "t1"
+PERIOD = 0.01  # short, so that a test's hundred ticks span only a second of the clock
+DEADLINE = 1.0  # generous: the suite runs on 2 shared cores
+
+TINY = {
+    "name": "tiny-digits-online",
+    "seed": 0,
+    "dataset": {
+        "kind": "digits",
+        "max_per_class": 40,
+        "split": {"val_fraction": 0.2, "test_fraction": 0.25, "seed": 0},
+    },
+    "preprocess": {"kind": "image", "height": 8, "width": 8, "channels": 1},
+    "model": {"arch": "vit:img=8,patch=2,chans=1,embed=32,depth=1,heads=4"},
+    "train": {"epochs": 10, "batch_size": 32, "lr": 0.003},
+    "plan": {"num_submodels": 3},
+    "grouping": "confusion",
+    "pruning": {"method": "kl", "samples": 32},
+    "distill": {"epochs": 4, "batch_size": 32, "lr": 0.003},
+    "fusion": {"epochs": 10},
+    "threads": 1,
+}
+
+pytestmark = pytest.mark.skipif(
+    mosquitto_binary() is None, reason="mosquitto is not installed (scripts/setup.sh installs it)"
+)
+
+
+@dataclass
+class Data:
+    """A built bundle and its test split as the nodes would send it."""
+
+    bundle: Path
+    classes: list[str]
+    subs: list[str]
+    hashes: dict[str, str]
+    feats: dict[str, np.ndarray]  # sub → (N, d) float32 from ONNX Runtime
+    labels: np.ndarray
+    probs: np.ndarray  # (N, C) what eval's fusion gives on the fp16-rounded features
+    fused_acc: float
+    mlp: FusionMLP
+
+    def expected(self, i: int, missing: tuple[str, ...] = ()) -> np.ndarray:
+        feats = {
+            s: self.feats[s][i : i + 1].astype(np.float16).astype(np.float32)
+            for s in self.subs
+            if s not in missing
+        }
+        out: np.ndarray = softmax(self.mlp.forward(feats))[0]
+        return out
+
+
+def _test_split(bundle_dir: Path) -> tuple[list[np.ndarray], np.ndarray]:
+    from pydantic import TypeAdapter
+
+    from edvit.config.dataset import DatasetSpec
+    from modelgen.datasets import load_dataset
+    from modelgen.datasets.split import SplitRecord
+
+    manifest = load_bundle(bundle_dir).manifest
+    dataset = load_dataset(TypeAdapter(DatasetSpec).validate_python(manifest.split["dataset"]))
+    idx = SplitRecord.model_validate(manifest.split["record"]).apply(dataset).test
+    return [dataset.samples[i] for i in idx], dataset.labels[idx]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
+    import onnxruntime as ort
+
+    root = tmp_path_factory.mktemp("online-bundle")
+    recipe = root / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(TINY))
+    out = root / "bundle"
+    proc = subprocess.run(
+        [str(BIN / "modelgen"), "build", str(recipe), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bundle = load_bundle(out)
+    m = bundle.manifest
+    samples, labels = _test_split(out)
+    x = preprocess_batch(parse_preprocess(m.preprocess), samples)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    feats = {}
+    for sub in m.submodels:
+        session = ort.InferenceSession(
+            str(bundle.path(sub.onnx)), opts, providers=["CPUExecutionProvider"]
+        )
+        rows = [  # one sample at a time, as a node runs it (and as `modelgen eval` does)
+            session.run([sub.onnx_outputs[0]], {sub.onnx_input: x[i : i + 1]})[0]
+            for i in range(len(x))
+        ]
+        feats[sub.id] = np.concatenate(rows)
+    mlp = FusionMLP.from_bundle(bundle)
+    # exactly modelgen eval's computation (modelgen/evaluate.py)
+    rounded = {s: f.astype(np.float16).astype(np.float32) for s, f in feats.items()}
+    logits = mlp.forward(rounded)
+    assert float((logits.argmax(1) == labels).mean()) == m.metrics["fused_acc"]
+    return Data(
+        bundle=out,
+        classes=m.classes,
+        subs=[s.id for s in m.submodels],
+        hashes={s.id: bundle.model_hash(s.id) for s in m.submodels},
+        feats=feats,
+        labels=labels,
+        probs=softmax(logits),
+        fused_acc=m.metrics["fused_acc"],
+        mlp=mlp,
+    )
+
+
+def site_config(path: Path, ha: bool = False, **aggregator: Any) -> Path:
+    cfg = {
+        "site": SITE,
+        "broker": {"host": "127.0.0.1", "port": 1, "keepalive": 10},
+        "tick": {
+            "period_s": PERIOD,
+            "deadline_s": DEADLINE,
+            "max_past_ticks": 1000,
+            "max_future_ticks": 1000,
+        },
+        "aggregator": {
+            "stats_interval_s": 0.3,
+            "buffer_ticks": 256,
+            "max_message_bytes": 4096,
+            "home_assistant": {"enabled": ha},
+            **aggregator,
+        },
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+class Running:
+    """An `aggregator run` process with its output in files."""
+
+    def __init__(self, data: Data, broker: Mosquitto, workdir: Path, ha: bool = False) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config = site_config(workdir / "site.yaml", ha=ha)
+        self.stdout = workdir / "stdout.txt"
+        self.stderr = workdir / "stderr.txt"
+        with self.stdout.open("w") as out, self.stderr.open("w") as err:
+            self.proc = subprocess.Popen(
+                [
+                    str(BIN / "aggregator"),
+                    "run",
+                    "--bundle",
+                    str(data.bundle),
+                    "--config",
+                    str(self.config),
+                    "--broker",
+                    broker.address,
+                    "--print",
+                ],
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def output(self) -> tuple[str, str]:
+        return self.stdout.read_text(), self.stderr.read_text()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(15)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def topic(kind: str) -> str:
+    return {
+        "result": f"edvit/{SITE}/result",
+        "status": f"edvit/{SITE}/aggregator/status",
+        "stats": f"edvit/{SITE}/aggregator/stats",
+    }[kind]
+
+
+def wait_online(sub: Subscriber, run: Running, timeout: float = 20) -> None:
+    try:
+        sub.wait_for(lambda m: m.topic == topic("status") and m.payload == b"online", timeout)
+    except TimeoutError:
+        raise AssertionError(f"aggregator not online: {run.output()[1][-3000:]}") from None
+
+
+_last_tick = 0
+
+
+def fresh_ticks(count: int) -> list[int]:
+    """Ticks no earlier test used (an emitted tick stays closed), starting just after now."""
+    global _last_tick
+    start = max(int(time.time() / PERIOD) + 5, _last_tick + 1)
+    _last_tick = start + count - 1
+    return list(range(start, start + count))
+
+
+def fresh_tick() -> int:
+    return fresh_ticks(1)[0]
+
+
+def publish_sample(
+    client: Subscriber, data: Data, tick: int, i: int, subs: list[str] | None = None
+) -> None:
+    for sub in data.subs if subs is None else subs:
+        payload = encode_features(
+            SITE, "test-node", sub, tick, time.time(), i, data.hashes[sub], data.feats[sub][i]
+        )
+        client.publish(f"edvit/{SITE}/feat/{sub}", payload)
+
+
+def results_for(sub: Subscriber, ticks: set[int], timeout: float = 20) -> dict[int, Any]:
+    got: dict[int, Any] = {}
+
+    def wanted(m: Any) -> bool:
+        if m.topic != topic("result"):
+            return False
+        r = json.loads(m.payload)
+        return r["tick"] in ticks and r["tick"] not in got
+
+    deadline = time.monotonic() + timeout
+    while set(got) != ticks:
+        left = deadline - time.monotonic()
+        try:
+            msg = sub.wait_for(wanted, timeout=max(0.01, left))
+        except TimeoutError:
+            raise AssertionError(f"no results for ticks {sorted(ticks - set(got))}") from None
+        r = json.loads(msg.payload)
+        got[r["tick"]] = r
+    return got
+
+
+def stats_where(
+    sub: Subscriber, ok: Callable[[dict[str, Any]], bool], timeout: float = 15
+) -> dict[str, Any]:
+    """The first stats message from now on that satisfies `ok`."""
+    sub.seen = [m for m in sub.seen if m.topic != topic("stats")]
+    last: list[dict[str, Any]] = []
+
+    def match(m: Any) -> bool:
+        if m.topic != topic("stats"):
+            return False
+        last[:] = [json.loads(m.payload)]
+        return ok(last[0])
+
+    try:
+        msg = sub.wait_for(match, timeout)
+    except TimeoutError:
+        raise AssertionError(f"stats never matched; last: {last}") from None
+    stats: dict[str, Any] = json.loads(msg.payload)
+    return stats
+
+
+def check_result(data: Data, r: dict[str, Any], i: int, missing: tuple[str, ...] = ()) -> None:
+    probs = data.probs[i] if not missing else data.expected(i, missing)
+    assert r["label"] == data.classes[int(probs.argmax())]
+    assert r["complete"] is (not missing)
+    assert r["missing"] == list(missing)
+    got = np.array([r["scores"][c] for c in data.classes])
+    np.testing.assert_allclose(got, probs, atol=2e-6)
+    assert r["score"] == pytest.approx(float(probs.max()), abs=2e-6)
+    assert r["latency_ms"] >= 0
+
+
+# --- one aggregator for most tests ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    b = Mosquitto(tmp_path_factory.mktemp("broker")).start()
+    yield b
+    b.kill()
+
+
+@pytest.fixture(scope="module")
+def agg(
+    data: Data, broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Running, Subscriber]]:
+    sub = Subscriber(broker, [topic("result"), topic("status"), topic("stats"), "homeassistant/#"])
+    run = Running(data, broker, tmp_path_factory.mktemp("agg"), ha=True)
+    wait_online(sub, run)
+    yield run, sub
+    assert run.stop() == 0
+    assert "Traceback" not in run.output()[1]
+    sub.close()
+
+
+def test_results_equal_eval_fusion(data: Data, agg: tuple[Running, Subscriber]) -> None:
+    _, sub = agg
+    n = len(data.labels)
+    ticks = fresh_ticks(n)
+    for i, tick in enumerate(ticks):
+        publish_sample(sub, data, tick, i)
+    got = results_for(sub, set(ticks))
+    for i, tick in enumerate(ticks):
+        check_result(data, got[tick], i)
+    acc = np.mean([got[t]["label"] == data.classes[data.labels[i]] for i, t in enumerate(ticks)])
+    assert acc == data.fused_acc  # modelgen eval's figure, reproduced over MQTT
+
+
+def test_partial_at_deadline_then_late(data: Data, agg: tuple[Running, Subscriber]) -> None:
+    _, sub = agg
+    before = stats_where(sub, lambda s: True)
+    tick = fresh_tick()
+    kept = [s for s in data.subs if s != data.subs[1]]
+    publish_sample(sub, data, tick, 3, kept)
+    [r] = results_for(sub, {tick}, timeout=DEADLINE + 10).values()
+    check_result(data, r, 3, missing=(data.subs[1],))
+    assert (time.time() - tick * PERIOD) >= DEADLINE - 0.05  # it waited for the deadline
+    publish_sample(sub, data, tick, 3, [data.subs[1]])  # the straggler, too late
+    stats_where(sub, lambda s: s["late"] == before["late"] + 1 and s["partial"] > before["partial"])
+
+
+def test_duplicates_are_counted(data: Data, agg: tuple[Running, Subscriber]) -> None:
+    _, sub = agg
+    before = stats_where(sub, lambda s: True)
+    tick = fresh_tick()
+    publish_sample(sub, data, tick, 0, data.subs[:1])
+    publish_sample(sub, data, tick, 0, data.subs[:1])
+    publish_sample(sub, data, tick, 0, data.subs[1:])
+    check_result(data, results_for(sub, {tick})[tick], 0)
+    stats_where(sub, lambda s: s["duplicate"] == before["duplicate"] + 1)
+
+
+def _pub(broker: Mosquitto, topic_: str, tmp: Path, payload: bytes) -> None:
+    """Publish raw bytes with the mosquitto_pub command line client."""
+    path = tmp / "payload.bin"
+    path.write_bytes(payload)
+    tool = shutil.which("mosquitto_pub")
+    assert tool is not None
+    subprocess.run(
+        [tool, "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t", topic_, "-f", str(path)],
+        check=True,
+        timeout=10,
+    )
+
+
+def test_bad_messages_are_counted_and_valid_ticks_unaffected(
+    data: Data, agg: tuple[Running, Subscriber], broker: Mosquitto, tmp_path: Path
+) -> None:
+    _, sub = agg
+    before = stats_where(sub, lambda s: True)
+    g0 = data.subs[0]
+    tick, *valid = fresh_ticks(4)
+
+    def good(**changes: Any) -> bytes:
+        raw = msgpack.unpackb(
+            encode_features(
+                SITE, "evil", g0, tick, time.time(), 0, data.hashes[g0], data.feats[g0][0]
+            )
+        )
+        raw.update(changes)
+        out: bytes = msgpack.packb(raw, use_bin_type=True)
+        return out
+
+    dim = data.feats[g0].shape[1]
+    nan = np.zeros(dim, "<f2")
+    nan[3] = np.nan
+    bad = {
+        "malformed": b"this is not msgpack \xc1",
+        "oversized": b"\x00" * 5000,
+        "model_hash": good(model="0" * 16),
+        "shape": good(shape=[dim + 1], feat=b"\x00" * (2 * dim + 2)),
+        "non_finite": good(feat=nan.tobytes()),
+        "schema": good(extra="key"),
+        "version": good(v=9),
+        "site": good(site="elsewhere"),
+        "unknown_sub": good(sub="g99"),
+        "dtype": good(dtype="float32"),
+        "tick_range": good(tick=tick + 100_000),
+    }
+    valid_ticks = {t: i for i, t in enumerate(valid, start=1)}
+    publish_sample(sub, data, valid[0], 1)
+    for reason, payload in bad.items():
+        target = f"edvit/{SITE}/feat/g99" if reason == "unknown_sub" else f"edvit/{SITE}/feat/{g0}"
+        _pub(broker, target, tmp_path, payload)
+        if reason == "model_hash":
+            publish_sample(sub, data, valid[1], 2)  # a valid tick in the middle of the flood
+    publish_sample(sub, data, valid[2], 3)
+    got = results_for(sub, set(valid_ticks))
+    for t, i in valid_ticks.items():
+        check_result(data, got[t], i)
+
+    def counted(s: dict[str, Any]) -> bool:
+        return all(s["dropped"][r] == before["dropped"][r] + 1 for r in bad)
+
+    after = stats_where(sub, counted)
+    assert after["received"] - before["received"] == len(bad) + 3 * len(data.subs)
+    assert after["dropped"]["error"] == 0
+    assert after["pending"] == 0  # the bad messages opened no tick
+
+
+def test_status_and_home_assistant_discovery(
+    data: Data, agg: tuple[Running, Subscriber], broker: Mosquitto
+) -> None:
+    fresh = Subscriber(broker, [topic("status"), "homeassistant/#"])
+    status = fresh.wait_for(lambda m: m.topic == topic("status"))
+    assert (status.payload, status.retain) == (b"online", True)
+    ha = fresh.wait_for(lambda m: m.topic == f"homeassistant/sensor/{SITE}_edvit/config")
+    assert ha.retain
+    cfg = json.loads(ha.payload)
+    assert cfg["state_topic"] == topic("result")
+    assert cfg["value_template"] == "{{ value_json.label }}"
+    assert cfg["json_attributes_topic"] == topic("result")
+    assert "value_json.score" in cfg["json_attributes_template"]
+    assert "value_json.complete" in cfg["json_attributes_template"]
+    [avail] = cfg["availability"]
+    assert avail["topic"] == topic("status")
+    assert (avail["payload_available"], avail["payload_not_available"]) == ("online", "offline")
+    assert cfg["unique_id"] == f"{SITE}_edvit"
+    fresh.close()
+
+
+# --- own aggregators: stopping, broker restart, start-up failures -----------------------------
+
+
+def test_sigterm_publishes_stopped(data: Data, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    sub = Subscriber(mosquitto, [topic("result"), topic("status")])
+    run = Running(data, mosquitto, tmp_path / "agg")
+    wait_online(sub, run)
+    tick = fresh_tick()
+    publish_sample(sub, data, tick, 4)
+    check_result(data, results_for(sub, {tick})[tick], 4)
+    assert run.stop() == 0
+    out, err = run.output()
+    assert f"tick {tick}: {data.classes[int(data.probs[4].argmax())]}" in out
+    assert "complete" in out
+    assert "Traceback" not in err
+    fresh = Subscriber(mosquitto, [topic("status")])
+    status = fresh.wait_for(lambda m: m.topic == topic("status"))
+    assert (status.payload, status.retain) == (b"stopped", True)
+    fresh.close()
+    sub.close()
+
+
+def test_broker_restart_then_sigkill_leaves_offline(
+    data: Data, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    run = Running(data, mosquitto, tmp_path / "agg")
+    try:
+        sub = Subscriber(mosquitto, [topic("result"), topic("status"), topic("stats")])
+        wait_online(sub, run)
+        tick = fresh_tick()
+        publish_sample(sub, data, tick, 5)
+        results_for(sub, {tick})
+        sub.close()
+        mosquitto.restart()
+        sub = Subscriber(mosquitto, [topic("result"), topic("status"), topic("stats")])
+        wait_online(sub, run)  # re-published (retained) after the reconnect
+        stats = stats_where(sub, lambda s: s["reconnects"] >= 1)
+        assert stats["connected"] is True
+        ticks = {t: k for k, t in enumerate(fresh_ticks(5))}
+        for t, i in ticks.items():
+            publish_sample(sub, data, t, i)  # the aggregator resubscribed by itself
+        got = results_for(sub, set(ticks))
+        for t, i in ticks.items():
+            check_result(data, got[t], i)
+        run.kill()  # SIGKILL: no goodbye, the broker publishes the will
+        sub.wait_for(lambda m: m.topic == topic("status") and m.payload == b"offline")
+        sub.close()
+    finally:
+        run.kill()
+    assert "Traceback" not in run.output()[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "aggregator"), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_validate_config(data: Data, tmp_path: Path) -> None:
+    config = site_config(tmp_path / "site.yaml")
+    ok = run_cli("run", "--bundle", str(data.bundle), "--config", str(config), "--validate-config")
+    assert ok.returncode == 0, ok.stderr
+    assert "every sha256 verified" in ok.stdout
+    text = config.read_text().replace("buffer_ticks", "buffer_tickz")
+    config.write_text(text + "aggregator_typo: 1\n")
+    bad = run_cli("run", "--bundle", str(data.bundle), "--config", str(config), "--validate-config")
+    assert bad.returncode == 2
+    assert f"{config}: aggregator_typo: unknown key (line" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_tampered_bundle_is_refused(data: Data, tmp_path: Path) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(data.bundle, copy, ignore=shutil.ignore_patterns(".cache"))
+    fusion = copy / "fusion.safetensors"
+    raw = bytearray(fusion.read_bytes())
+    raw[-1] ^= 0xFF
+    fusion.write_bytes(bytes(raw))
+    config = site_config(tmp_path / "site.yaml")
+    for extra in ([], ["--validate-config"]):
+        proc = run_cli("run", "--bundle", str(copy), "--config", str(config), *extra)
+        assert proc.returncode == 2
+        assert "fusion.safetensors: sha256 mismatch" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_no_broker_gives_up_cleanly(data: Data, tmp_path: Path) -> None:
+    config = site_config(tmp_path / "site.yaml")
+    proc = run_cli(
+        "run",
+        "--bundle",
+        str(data.bundle),
+        "--config",
+        str(config),
+        "--broker",
+        f"127.0.0.1:{free_port()}",
+        "--connect-timeout",
+        "1",
+    )
+    assert proc.returncode == 1
+    assert "did not answer within 1 s" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_no_torch_in_the_aggregator_process(data: Data) -> None:
+    """The running service never imports torch (the aggregator host has none)."""
+    code = (
+        "import sys; import aggregator.app, aggregator.cli, aggregator.alignment; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'modelgen')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
+    )
+    assert out.stdout.strip() == "[]"
