@@ -13,8 +13,7 @@ $(STAMP): pyproject.toml scripts/setup.sh
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/modelgen plan --arch vit_base_patch16_224 --num-classes 10 \
-		--devices config/devices.example.yaml --budget-mib 180
+	$(BIN)/edvit demo
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

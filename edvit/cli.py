@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,29 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from edvit.demo import DemoError, DemoOptions, default_workdir, print_table, run_demo
+
+    opts = DemoOptions(
+        bundle=Path(args.bundle),
+        recipe=Path(args.recipe),
+        ticks=args.ticks,
+        period_s=args.period,
+        broker=args.broker,
+        workdir=default_workdir(),
+    )
+    try:
+        summary = run_demo(opts, out=sys.stderr if args.json else sys.stdout)
+    except (DemoError, BundleError, ConfigError) as exc:
+        print(f"edvit demo: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print_table(summary)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edvit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("files", nargs="+", help="YAML config files or bundle directories")
     validate.add_argument("--kind", choices=sorted(CONFIG_KINDS), help="skip detection")
     validate.set_defaults(func=_cmd_validate)
+
+    demo = sub.add_parser("demo", help="the whole site on this machine, with live results")
+    demo.add_argument("--bundle", default="bundles/digits-demo", help="bundle (built if missing)")
+    demo.add_argument(
+        "--recipe", default="config/modelgen/digits-demo.yaml", help="recipe to build it from"
+    )
+    demo.add_argument("--ticks", type=int, default=100, help="results to wait for")
+    demo.add_argument("--period", type=float, default=0.25, help="seconds between ticks")
+    demo.add_argument("--broker", help="HOST:PORT of a broker to use instead of a private one")
+    demo.add_argument("--json", action="store_true", help="the final table as one JSON object")
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -1,0 +1,223 @@
+"""Aggregator benchmark on a loopback mosquitto → bench/results/system.json.
+
+N = 10 sub-model streams of feature dim 128 (a synthetic bundle of real tiny ONNX models
+and a real fusion MLP of 1280 → 640 → 10). Measures
+  1. at 30 ticks/s: the aggregator's overhead, last feature in → result out, p50/p99
+     (its own `overhead_ms` stats; and end to end through the broker: last feature
+     published → result received, which adds two broker hops);
+  2. the highest tick rate it sustains with every tick complete.
+Goals (issue 4): overhead p99 ≤ 2 ms at 30 ticks/s; ≥ 300 complete ticks/s. Run on purpose:
+
+    .venv/bin/python bench/system.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as paho
+import torch
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edvit import topics
+from edvit.broker import Mosquitto
+from edvit.bundle import Manifest, load_bundle, write_manifest
+from edvit.wire import encode_features
+from modelgen.export import base_entry, export_fusion, export_submodel, fusion_entry, submodel_entry
+from modelgen.fusion_model import FusionMLP
+from modelgen.model import ModelConfig, build_vit
+from modelgen.planning import contiguous_groups, make_plan
+from modelgen.vit_shape import parse_arch
+
+ROOT = Path(__file__).resolve().parent.parent
+N, DIM, CLASSES = 10, 128, 10
+SITE = "bench"
+
+
+def make_bundle(out: Path) -> Path:
+    """Ten real one-block ViTs of width 128 and the fusion MLP over their features."""
+    torch.manual_seed(0)
+    shape = parse_arch("vit:img=8,patch=8,chans=1,embed=1280,depth=1,heads=20")  # k = 2: d = 128
+    groups = contiguous_groups(CLASSES, N)
+    plan = make_plan(shape, CLASSES, groups)
+    entries = []
+    for sp in plan.submodels:
+        config = ModelConfig(shape.with_heads(sp.heads), sp.outputs)
+        onnx, st = export_submodel(build_vit(config).eval(), config, out, sp.id)
+        entries.append(submodel_entry(sp, config, onnx, st))
+    fusion = FusionMLP([s.id for s in plan.submodels], [DIM] * N, CLASSES).eval()
+    write_manifest(
+        out,
+        Manifest(
+            schema_version=1,
+            created=dt.datetime.now(dt.UTC),
+            classes=[str(c) for c in range(CLASSES)],
+            groups={s.id: s.classes for s in plan.submodels},
+            base=base_entry(shape.spec(), shape, CLASSES),
+            preprocess={"kind": "image", "height": 8, "width": 8, "channels": 1},
+            submodels=entries,
+            fusion=fusion_entry(fusion, export_fusion(fusion, out)),
+            plan=plan.to_json(),
+            split={},
+            metrics={},
+        ),
+    )
+    return out
+
+
+class Probe:
+    """Publishes N features per tick like the nodes (QoS 1) and times the results."""
+
+    def __init__(self, broker: Mosquitto, hashes: dict[str, str]) -> None:
+        self.hashes = hashes
+        self.results: queue.Queue[tuple[float, dict[str, Any]]] = queue.Queue()
+        self.stats: dict[str, Any] = {}
+        self._ready = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-probe")
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the probe could not subscribe")
+        self.feat = np.random.default_rng(0).standard_normal(DIM).astype(np.float32)
+
+    def _on_connect(self, client: paho.Client, *args: Any) -> None:
+        client.subscribe([(topics.result(SITE), 1), (topics.aggregator_stats(SITE), 0)])
+        self._ready.set()
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        now = time.monotonic()
+        if msg.topic == topics.result(SITE):
+            self.results.put((now, json.loads(msg.payload)))
+        else:
+            self.stats = json.loads(msg.payload)
+
+    def publish_tick(self, tick: int, seq: int) -> float:
+        ts = time.time()
+        for sub, model_hash in self.hashes.items():
+            payload = encode_features(SITE, "bench", sub, tick, ts, seq, model_hash, self.feat)
+            self.client.publish(topics.feat(SITE, sub), payload, qos=1)
+        return time.monotonic()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def run_rate(
+    bundle: Path, broker: Mosquitto, work: Path, rate: float, seconds: float
+) -> dict[str, Any]:
+    period = 1.0 / rate
+    site = {
+        "site": SITE,
+        "broker": {"host": broker.host, "port": broker.port},
+        "tick": {
+            "period_s": period,
+            "deadline_s": 0.25,
+            "max_past_ticks": int(2 * rate) + 2,
+            "max_future_ticks": int(rate) + 2,
+        },
+        "aggregator": {"stats_interval_s": 0.5, "buffer_ticks": int(rate) + 16},
+    }
+    config = work / f"site-{rate:g}.yaml"
+    config.write_text(yaml.safe_dump(site))
+    agg = subprocess.Popen(
+        [str(Path(sys.executable).parent / "aggregator"), "run", "--bundle", str(bundle),
+         "--config", str(config), "--log-level", "WARNING"],
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    hashes = {
+        s.id: load_bundle(bundle).model_hash(s.id) for s in load_bundle(bundle).manifest.submodels
+    }
+    probe = Probe(broker, hashes)
+    try:
+        time.sleep(3.0)  # the aggregator loads and subscribes
+        sent: dict[int, float] = {}
+        first = int(time.time() / period) + 1
+        last = first + int(seconds * rate)
+        for seq, tick in enumerate(range(first, last)):
+            delay = tick * period - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            sent[tick] = probe.publish_tick(tick, seq)
+        time.sleep(1.5)  # the last deadlines pass and a stats message goes out
+        results = []
+        while not probe.results.empty():
+            results.append(probe.results.get_nowait())
+        complete = [r for _, r in results if r["complete"] and r["tick"] in sent]
+        e2e = [
+            (t - sent[r["tick"]]) * 1e3 for t, r in results if r["complete"] and r["tick"] in sent
+        ]
+        stats = probe.stats
+        behind = max(0.0, time.time() - last * period)
+        return {
+            "rate_hz": rate,
+            "ticks_sent": len(sent),
+            "results": len(results),
+            "complete": len(complete),
+            "all_complete": len(complete) == len(sent),
+            "publisher_behind_s": behind,
+            "overhead_ms": stats.get("overhead_ms"),
+            "end_to_end_ms": {
+                "p50": float(np.percentile(e2e, 50)) if e2e else None,
+                "p99": float(np.percentile(e2e, 99)) if e2e else None,
+            },
+            "aggregator_stats": stats,
+        }
+    finally:
+        probe.close()
+        agg.terminate()
+        agg.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", nargs="+", type=float, default=[100, 200, 300, 400, 600, 800])
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "system.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        bundle = make_bundle(work / "bundle")
+        with Mosquitto(work / "mosquitto") as broker:
+            at30 = run_rate(bundle, broker, work, 30.0, 10.0)
+            sweep = [run_rate(bundle, broker, work, r, args.seconds) for r in args.rates]
+    sustained = max((r["rate_hz"] for r in sweep if r["all_complete"]), default=None)
+    overhead = at30["overhead_ms"] or {}
+    report = {
+        "n_streams": N,
+        "feature_dim": DIM,
+        "at_30_hz": at30,
+        "sweep": sweep,
+        "max_complete_rate_hz": sustained,
+        "goals": {
+            "overhead_p99_le_2ms_at_30hz": (overhead.get("p99") or 1e9) <= 2.0,
+            "sustains_300_complete_ticks_per_s": (sustained or 0) >= 300,
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k not in ("sweep", "at_30_hz")}))
+    print(
+        json.dumps({"at_30_hz": {k: at30[k] for k in ("overhead_ms", "end_to_end_ms", "complete")}})
+    )
+
+
+if __name__ == "__main__":
+    main()

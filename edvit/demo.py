@@ -1,0 +1,306 @@
+"""`edvit demo`: the whole site on one machine, as systemd would run it.
+
+Build (or reuse) a small digits bundle, write its test split as replay files, start a
+private broker, the edge nodes and the aggregator as separate processes (the commands
+systemd runs), print a line per fused result and, at the end, a table: accuracy against the
+ground truth, share of complete ticks, capture-to-result latency, per-node inference time.
+Ctrl-C stops everything; no process is left behind. This module only starts commands: it
+imports neither modelgen, the node nor the aggregator.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from edvit import topics
+from edvit.broker import Mosquitto, mosquitto_binary
+from edvit.bundle import Bundle, load_bundle
+from edvit.config.site import BrokerConfig, parse_broker
+from edvit.mqtt import Message, MqttClient
+
+MAX_NODES = 3
+STOP_TIMEOUT_S = 10.0
+
+
+class DemoError(Exception):
+    """The demo cannot run as asked; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    bundle: Path
+    recipe: Path
+    ticks: int
+    period_s: float
+    broker: str | None
+    workdir: Path
+
+
+@dataclass
+class Tally:
+    """What the results showed, tick by tick."""
+
+    truth: list[int]
+    classes: list[str]
+    results: list[dict[str, Any]] = field(default_factory=list)
+    correct: int = 0
+    node_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, result: dict[str, Any]) -> str:
+        expected = self.truth[result["tick"] % len(self.truth)]
+        label = self.classes.index(result["label"]) if result["label"] in self.classes else -1
+        ok = label == expected
+        self.correct += ok
+        self.results.append(result)
+        missing = f" missing {','.join(result['missing'])}" if result["missing"] else ""
+        return (
+            f"tick {result['tick']:>10}  {result['label']:>6} ({result['score']:.2f})  "
+            f"truth {self.classes[expected]:>6} {'✓' if ok else '✗'}  "
+            f"{'complete' if result['complete'] else 'partial '}{missing}  "
+            f"{result['latency_ms']:.0f} ms"
+        )
+
+    def summary(self) -> dict[str, Any]:
+        n = len(self.results)
+        latencies = sorted(r["latency_ms"] for r in self.results)
+
+        def pct(q: float) -> float | None:
+            if not latencies:
+                return None
+            return float(latencies[min(n - 1, math.ceil(q * n) - 1)])
+
+        return {
+            "ticks": n,
+            "accuracy": self.correct / n if n else None,
+            "complete_share": sum(r["complete"] for r in self.results) / n if n else None,
+            "latency_ms_p50": pct(0.5),
+            "latency_ms_p99": pct(0.99),
+            "per_node": {
+                node: {
+                    "inference_ms_p50": s.get("inference_ms", {}).get("p50"),
+                    "inference_ms_p99": s.get("inference_ms", {}).get("p99"),
+                    "ticks": s.get("ticks"),
+                    "skipped": s.get("skipped"),
+                }
+                for node, s in sorted(self.node_stats.items())
+            },
+        }
+
+
+def _command(name: str) -> str:
+    """A console script of this install (next to the interpreter), else from PATH."""
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.exists() else shutil.which(name)
+    if found is None:
+        raise DemoError(f"`{name}` is not installed: pip install -e '.[all]' (make setup)")
+    return found
+
+
+def _run_step(what: str, cmd: list[str], log: TextIO) -> None:
+    print(f"demo: {what}: {' '.join(cmd)}", file=log, flush=True)
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0:
+        raise DemoError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}")
+
+
+def ensure_bundle(opts: DemoOptions, log: TextIO) -> Bundle:
+    """Reuse the bundle if it verifies, else build it from the recipe."""
+    if not (opts.bundle / "manifest.json").is_file():
+        cmd = [_command("modelgen"), "build", str(opts.recipe), "--out", str(opts.bundle)]
+        _run_step("building the bundle (first run only)", cmd, log)
+    bundle = load_bundle(opts.bundle)
+    if not (opts.bundle / "replay" / "labels.json").is_file():
+        cmd = [
+            _command("modelgen"),
+            "samples",
+            str(opts.bundle),
+            "--out",
+            str(opts.bundle / "replay"),
+        ]
+        _run_step("writing the test split as replay files", cmd, log)
+    return bundle
+
+
+def node_layout(bundle: Bundle) -> dict[str, list[str]]:
+    """Nodes and the sub-models each runs: the plan's devices when it has an assignment,
+    else up to three nodes sharing the sub-models in order (so one hosts several)."""
+    assignment: dict[str, str] = bundle.manifest.plan.get("assignment") or {}
+    ids = [s.id for s in bundle.manifest.submodels]
+    if assignment:
+        layout: dict[str, list[str]] = {}
+        for sub in ids:
+            layout.setdefault(assignment[sub], []).append(sub)
+        return layout
+    n = min(MAX_NODES, len(ids))
+    per = math.ceil(len(ids) / n)
+    return {f"node-{i + 1}": ids[i * per : (i + 1) * per] for i in range(n) if ids[i * per :]}
+
+
+def site_config(bundle: Bundle, host: str, port: int, period_s: float) -> dict[str, Any]:
+    audio = bundle.manifest.preprocess.get("kind") == "audio"
+    source = {
+        "kind": "wav" if audio else "images",
+        "folder": str((bundle.root / "replay").resolve()),
+        "pattern": "*.wav" if audio else "*.png",
+    }
+    deadline = max(0.5 * period_s, 0.15)
+    return {
+        "site": "demo",
+        "broker": {"host": host, "port": port},
+        "tick": {
+            "period_s": period_s,
+            "deadline_s": deadline,
+            "max_past_ticks": max(100, math.ceil(deadline / period_s) + 1),
+        },
+        "aggregator": {"stats_interval_s": 5},
+        "nodes": {
+            node: {"source": source, "submodels": subs, "stats_interval_s": 2}
+            for node, subs in node_layout(bundle).items()
+        },
+    }
+
+
+class Children:
+    """The demo's processes: started in order, stopped in reverse, never left behind."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, cmd: list[str], logdir: Path) -> None:
+        out = (logdir / f"{name}.log").open("wb")
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        out.close()
+        self.procs.append((name, proc))
+
+    def check(self, logdir: Path) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                tail = (logdir / f"{name}.log").read_text(errors="replace")[-1500:]
+                raise DemoError(f"{name} exited with {proc.returncode}:\n{tail}")
+
+    def stop(self, names: list[str] | None = None) -> None:
+        chosen = [(n, p) for n, p in reversed(self.procs) if names is None or n in names]
+        for _, proc in chosen:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for _, proc in chosen:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _handle(msg: Message, site: str, tally: Tally, out: TextIO) -> None:
+    if msg.topic == topics.result(site):
+        print(tally.add(json.loads(msg.payload)), file=out, flush=True)
+        return
+    parts = msg.topic.split("/")  # edvit/<site>/node/<id>/stats
+    if len(parts) == 5 and parts[2] == "node" and parts[4] == "stats":
+        tally.node_stats[parts[3]] = json.loads(msg.payload)
+
+
+def run_demo(
+    opts: DemoOptions, out: TextIO = sys.stdout, log: TextIO = sys.stderr
+) -> dict[str, Any]:
+    """Run the site until `opts.ticks` results have arrived (or Ctrl-C); the final table."""
+    bundle = ensure_bundle(opts, log)
+    labels = json.loads((opts.bundle / "replay" / "labels.json").read_text())
+    tally = Tally([i["label"] for i in labels["items"]], list(labels["classes"]))
+    opts.workdir.mkdir(parents=True, exist_ok=True)
+    children = Children()
+    broker: Mosquitto | None = None
+    client: MqttClient | None = None
+    try:
+        if opts.broker is not None:
+            host, port = parse_broker(opts.broker)
+            port = port or 1883
+        elif mosquitto_binary() is not None:
+            broker = Mosquitto(opts.workdir / "mosquitto").start()
+            host, port = broker.host, broker.port
+        else:
+            raise DemoError(
+                "no broker: install mosquitto (apt-get install mosquitto) or pass --broker"
+            )
+        site = site_config(bundle, host, port, opts.period_s)
+        config = opts.workdir / "site.yaml"
+        config.write_text(yaml.safe_dump(site, sort_keys=False))
+        print(f"demo: broker {host}:{port}, nodes {node_layout(bundle)}", file=log, flush=True)
+
+        inbox: queue.Queue[Message] = queue.Queue(maxsize=10_000)
+        client = MqttClient(
+            BrokerConfig(host=host, port=port),
+            client_id=topics.client_id("demo", "viewer"),
+            status_topic=f"{topics.PREFIX}/demo/viewer/status",
+            subscriptions=[(topics.result("demo"), 1), (f"{topics.PREFIX}/demo/node/+/stats", 0)],
+            inbox=inbox,
+        )
+        if not client.connect_and_wait(10):
+            raise DemoError(f"the broker at {host}:{port} does not answer")
+        bundle_arg = ["--bundle", str(opts.bundle), "--config", str(config)]
+        children.start("aggregator", [_command("aggregator"), "run", *bundle_arg], opts.workdir)
+        for node in site["nodes"]:
+            cmd = [_command("edge-node"), "run", *bundle_arg, "--node", node]
+            children.start(node, cmd, opts.workdir)
+        while len(tally.results) < opts.ticks:
+            try:
+                msg = inbox.get(timeout=1.0)
+            except queue.Empty:
+                children.check(opts.workdir)
+                continue
+            _handle(msg, "demo", tally, out)
+    except KeyboardInterrupt:
+        print("\ndemo: interrupted, stopping", file=log, flush=True)
+    finally:
+        children.stop([n for n, _ in children.procs if n != "aggregator"])  # final node stats
+        time.sleep(0.3)
+        if client is not None:
+            while not inbox.empty():
+                msg = inbox.get_nowait()
+                if msg.topic != topics.result("demo"):
+                    _handle(msg, "demo", tally, out)
+            client.stop()
+        children.stop()
+        if broker is not None:
+            broker.stop()
+    return tally.summary()
+
+
+def print_table(summary: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    def fmt(v: Any, spec: str) -> str:
+        return format(v, spec) if isinstance(v, int | float) else "–"
+
+    print("", file=out)
+    print(f"ticks           {summary['ticks']}", file=out)
+    print(f"accuracy        {fmt(summary['accuracy'], '.4f')}", file=out)
+    print(f"complete share  {fmt(summary['complete_share'], '.4f')}", file=out)
+    print(
+        f"latency ms      p50 {fmt(summary['latency_ms_p50'], '.1f')}  "
+        f"p99 {fmt(summary['latency_ms_p99'], '.1f')}",
+        file=out,
+    )
+    for node, s in summary["per_node"].items():
+        print(
+            f"  {node:<12} inference ms p50 {fmt(s['inference_ms_p50'], '.2f')}  "
+            f"p99 {fmt(s['inference_ms_p99'], '.2f')}  ticks {s['ticks']}  "
+            f"skipped {s['skipped']}",
+            file=out,
+        )
+
+
+def default_workdir() -> Path:
+    return Path(os.environ.get("XDG_RUNTIME_DIR", "/tmp")) / f"edvit-demo-{os.getpid()}"
