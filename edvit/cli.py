@@ -69,6 +69,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         period_s=args.period,
         broker=args.broker,
         workdir=default_workdir(),
+        embedded_broker=args.embedded_broker,
     )
     try:
         summary = run_demo(opts, out=sys.stderr if args.json else sys.stdout)
@@ -98,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--ticks", type=int, default=100, help="results to wait for")
     demo.add_argument("--period", type=float, default=0.25, help="seconds between ticks")
     demo.add_argument("--broker", help="HOST:PORT of a broker to use instead of a private one")
+    demo.add_argument(
+        "--embedded-broker", action="store_true", help="the Python broker even if mosquitto is here"
+    )
     demo.add_argument("--json", action="store_true", help="the final table as one JSON object")
     demo.set_defaults(func=_cmd_demo)
     return parser

@@ -29,6 +29,7 @@ from edvit import topics
 from edvit.broker import Mosquitto, mosquitto_binary
 from edvit.bundle import Bundle, load_bundle
 from edvit.config.site import BrokerConfig, parse_broker
+from edvit.minibroker import MiniBroker
 from edvit.mqtt import Message, MqttClient
 
 MAX_NODES = 3
@@ -47,6 +48,7 @@ class DemoOptions:
     period_s: float
     broker: str | None
     workdir: Path
+    embedded_broker: bool = False
 
 
 @dataclass
@@ -223,7 +225,7 @@ def run_demo(
     tally = Tally([i["label"] for i in labels["items"]], list(labels["classes"]))
     opts.workdir.mkdir(parents=True, exist_ok=True)
     children = Children()
-    broker: Mosquitto | None = None
+    broker: Mosquitto | MiniBroker | None = None
     client: MqttClient | None = None
     try:
         if opts.broker is not None:
