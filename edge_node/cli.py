@@ -1,19 +1,151 @@
-"""`edge-node`: one edge node (systemd: edvit-node@ID)."""
+"""`edge-node`: one edge node (systemd: edvit-node@ID).
+
+    edge-node run --bundle DIR --node ID --config site.yaml [--broker HOST:PORT]
+                  [--validate-config] [--connect-timeout S] [--ticks N] [--log-level LEVEL]
+
+Exit status: 0 after a clean stop (SIGTERM, SIGINT, or --ticks N ticks run), 2 for an
+unusable bundle or config or an unknown node (the message names the file and key), 1 when
+the broker refuses or never answers, or the capture device is absent or lost.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from edvit.bundle import BundleError
+from edvit.config import ConfigError
+from edvit.config.site import load_site_config, parse_broker, with_broker
+from edvit.mqtt import MqttError
+
+log = logging.getLogger("edge_node")
+
+
+def _broker_arg(text: str) -> str:
+    try:
+        parse_broker(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog="edge-node", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="edge-node",
+        description="Capture, run this node's sub-models and publish features (see DESIGN.md).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one node until SIGTERM / Ctrl-C")
+    run.add_argument("--bundle", required=True, type=Path, help="bundle directory")
+    run.add_argument("--node", required=True, help="node id (a key of `nodes` in the config)")
+    run.add_argument("--config", required=True, type=Path, help="site config (YAML)")
+    run.add_argument(
+        "--broker", type=_broker_arg, metavar="HOST:PORT", help="override the config's broker"
+    )
+    run.add_argument(
+        "--validate-config",
+        action="store_true",
+        help="check the bundle (every sha256), the node's sub-models and its source, then exit",
+    )
+    run.add_argument(
+        "--connect-timeout",
+        type=float,
+        metavar="S",
+        help="give up when the broker has not answered after S seconds (default: wait)",
+    )
+    run.add_argument(
+        "--ticks",
+        type=_positive_int,
+        metavar="N",
+        help="stop cleanly after N ticks have run (tests, demos)",
+    )
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    # First of all: a SIGTERM while the models load must still end in a clean stop.
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    from edge_node.app import EdgeNode, StartCancelledError, StartError
+    from edge_node.runner import RunnerError
+
+    logging.basicConfig(
+        level=args.log_level, format="%(name)s: %(levelname)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        cfg = with_broker(load_site_config(args.config), args.broker)
+        app = EdgeNode(
+            args.bundle,
+            cfg,
+            args.node,
+            config_source=str(args.config),
+            max_ticks=args.ticks,
+            cancel=stop,
+        )
+        if args.validate_config:
+            app.prepare()
+            app.check_source()
+            print(
+                f"{args.config}: ok (site {cfg.site}, node {args.node}: sub-models "
+                f"{','.join(app.sub_ids)}, {app.node.source.kind} source); {args.bundle}: ok "
+                "(every sha256 verified)"
+            )
+            return 0
+    except (ConfigError, BundleError, RunnerError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+    try:
+        app.start(connect_timeout=args.connect_timeout)
+    except StartCancelledError:
+        app.stop()
+        return 0
+    except (ConfigError, BundleError, RunnerError) as exc:
+        app.stop()
+        print(exc, file=sys.stderr)
+        return 2
+    except (MqttError, StartError) as exc:
+        app.stop()
+        print(f"edge-node: {exc}", file=sys.stderr)
+        return 1
+    while not stop.wait(1.0):
+        pass
+    log.info("stopping")
+    app.stop()
+    if app.error is not None:
+        print(f"edge-node: {app.error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    return 0
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
 
 
 if __name__ == "__main__":

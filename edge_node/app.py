@@ -1,0 +1,478 @@
+"""The edge node service: capture at each tick, run the hosted sub-models, publish features.
+
+Threads, and why:
+- the tick thread owns the source, the preprocessing and the ONNX sessions: one capture per
+  tick, nothing else touches them, so none of it needs a lock. It wakes at each due time
+  (edge_node.tick), and when a tick's work overruns the next due time it skips (and counts)
+  the ticks it missed instead of queueing them: a live site wants the present, not a backlog.
+  It also tells systemd's watchdog it is alive, so a hung loop gets the service restarted;
+- paho's network thread only hands relayed frames to the RelaySource (a bounded msgpack
+  check and a JPEG decode of a few ms; the source holds the newest few ticks only);
+- the stats thread publishes stats every `stats_interval_s`, independent of the tick period
+  (an hour-long period must not silence them).
+Feature messages are published only while connected: a tick's features are worthless once
+the aggregator has passed its deadline, so they are counted as `unsent` instead of piling up
+in paho's queue to be delivered stale after a reconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as paho
+from pydantic import ValidationError
+
+from edge_node.runner import LatencyStats, SubmodelRunner
+from edge_node.sources import RelaySource, ReplaySource, Source, SourceError, encode_jpeg
+from edge_node.sources import source_for_spec as make_source_for_spec
+from edge_node.tick import TickSchedule
+from edvit import sdnotify, topics
+from edvit.bundle import Bundle, BundleError, load_bundle
+from edvit.config import ConfigError
+from edvit.config.site import NodeConfig, SiteConfig, node_submodels
+from edvit.mqtt import Message, MqttClient
+from edvit.preprocess import AudioPreprocess, ImagePreprocess, parse_preprocess, preprocess
+from edvit.preprocess import warm_up_audio as warm_up_audio_frontend
+from edvit.wire import WireError, decode_frame, encode_features, encode_frame
+
+log = logging.getLogger("edge_node")
+
+FEATURE_QOS = 1  # the aggregator must see every tick's features: acknowledged delivery
+FRAME_QOS = 0  # a relayed frame is useful for one tick only: never retransmit a stale one
+STATS_QOS = 0
+MAX_FRAME_BYTES = 8 << 20  # a relayed JPEG frame larger than this is refused unread
+WAIT_SLICE_S = 0.5  # the tick thread re-reads the wall clock (NTP steps) at least this often
+LOG_EVERY_S = 10.0  # a recurring tick error is logged at most this often
+
+
+class StartCancelledError(Exception):
+    """start() was interrupted by a stop request (SIGTERM while waiting for the broker)."""
+
+
+class StartError(Exception):
+    """The node cannot start for now: the broker did not answer, or a live device is absent."""
+
+
+class _Throttle:
+    """Logs a recurring problem once per LOG_EVERY_S with the count of those suppressed:
+    a broken camera at 30 ticks/s must not flood the journal."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warn(self, key: str, message: str, *args: Any, exc_info: bool = False) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < LOG_EVERY_S:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        more = self._suppressed.pop(key, 0)
+        suffix = f" (+{more} more since the last report)" if more else ""
+        log.warning(message + suffix, *args, exc_info=exc_info)
+
+
+class EdgeNode:
+    """One edge node of a site: `start()` then `stop()` (see the module docstring)."""
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        cfg: SiteConfig,
+        node_id: str,
+        *,
+        config_source: str = "site config",
+        max_ticks: int | None = None,
+        clock: Callable[[], float] = time.time,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        """`config_source` names the config file in error messages; `max_ticks` ends the
+        node after that many ticks ran (tests, demos); `cancel` is set when the node ends by
+        itself (ticks done, source lost) and, set from outside, stops a start() in progress.
+        """
+        if max_ticks is not None and max_ticks < 1:
+            raise ValueError(f"max_ticks must be >= 1, got {max_ticks}")
+        self.bundle_dir = Path(bundle_dir)
+        self.cfg = cfg
+        self.node_id = node_id
+        self.config_source = config_source
+        self.max_ticks = max_ticks
+        self._clock = clock
+        self._cancel = cancel or threading.Event()
+        self._stopping = threading.Event()
+        self.schedule = TickSchedule(cfg.tick.period_s)
+        self.bundle: Bundle | None = None
+        self.sub_ids: list[str] = []
+        self.spec: ImagePreprocess | AudioPreprocess | None = None
+        self.runner: SubmodelRunner | None = None
+        self.source: Source | None = None
+        self.client: MqttClient | None = None
+        self.error: str | None = None
+        """Why the node ended by itself (a source broken for good); None otherwise."""
+        self._hashes: dict[str, str] = {}
+        self._tick_thread: threading.Thread | None = None
+        self._stats_thread: threading.Thread | None = None
+        self._started_at = time.monotonic()
+        self._lock = threading.Lock()  # guards the counters the stats thread reads
+        self._ticks = 0
+        self._published = 0
+        self._skipped = 0
+        self._misses = 0
+        self._errors = 0
+        self._unsent = 0
+        self._frames = 0
+        self._frames_rejected = 0
+        self._last_tick: int | None = None
+        self._seq = 0
+        self._tick_time = LatencyStats()
+        self._throttle = _Throttle()
+
+    @property
+    def node(self) -> NodeConfig:
+        return self.cfg.nodes[self.node_id]
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def start(self, connect_timeout: float | None = None) -> None:
+        """Bring the node up, one step at a time; stop() undoes whatever was done."""
+        self.prepare()
+        self._warm_up()
+        self.source = self._open_source()
+        self.client = self._make_client()
+        self._connect(self.client, connect_timeout)
+        sdnotify.ready()
+        self._stats_thread = self._spawn("node-stats", self._stats_loop)
+        self._tick_thread = self._spawn("node-ticks", self._tick_loop)
+        sdnotify.status(
+            f"node {self.node_id}: {','.join(self.sub_ids)} every {self.cfg.tick.period_s:g} s"
+        )
+        log.info(
+            "node %s of site %s: sub-models %s, source %s, tick %g s, broker %s",
+            self.node_id,
+            self.cfg.site,
+            self.sub_ids,
+            self.source.name,
+            self.cfg.tick.period_s,
+            self.client.address,
+        )
+
+    def prepare(self) -> None:
+        """The steps that need neither devices nor the broker (what --validate-config runs):
+        bundle (every sha256), the node's sub-models, preprocessing, ONNX sessions, source."""
+        if self.node_id not in self.cfg.nodes:
+            raise ConfigError(
+                self.config_source,
+                [f"nodes: no node {self.node_id!r} (has {sorted(self.cfg.nodes)})"],
+            )
+        self.bundle = self._load_bundle()
+        self.sub_ids = self._resolve_submodels(self.bundle)
+        self.spec = self._preprocess_spec(self.bundle)
+        self.runner = SubmodelRunner(self.bundle, self.sub_ids, threads=self.node.threads)
+        self.source = self._make_source(self.spec)
+
+    def stop(self) -> None:
+        """Stop the tick loop, close the source, publish the last stats and `stopped`,
+        disconnect. Idempotent; safe after a failed or cancelled start()."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._cancel.set()
+        sdnotify.stopping()
+        for thread in (self._tick_thread, self._stats_thread):
+            if thread is not None:
+                thread.join(timeout=10)
+                if thread.is_alive():
+                    log.warning("%s did not end within 10 s", thread.name)
+        if self.source is not None:
+            self.source.close()
+        if self.client is not None:
+            if self.client.connected:
+                self.client.publish_json(
+                    topics.node_stats(self.cfg.site, self.node_id), self.stats(), qos=STATS_QOS
+                )
+            self.client.stop()  # `stopped` goes out after the stats and the last features
+
+    # --- start steps --------------------------------------------------------------------------
+
+    def _load_bundle(self) -> Bundle:
+        """Load the bundle, verifying every sha256 (BundleError names a bad file)."""
+        return load_bundle(self.bundle_dir)
+
+    def _resolve_submodels(self, bundle: Bundle) -> list[str]:
+        """The node's `submodels`, else the bundle plan's assignment to this node id."""
+        try:
+            subs = node_submodels(self.cfg, self.node_id, bundle.manifest)
+        except ConfigError as exc:  # it names "site config"; name the actual file
+            raise ConfigError(self.config_source, exc.problems) from None
+        self._hashes = {s: bundle.model_hash(s) for s in subs}
+        return subs
+
+    def _preprocess_spec(self, bundle: Bundle) -> ImagePreprocess | AudioPreprocess:
+        try:
+            return parse_preprocess(bundle.manifest.preprocess)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise BundleError(
+                [f"{bundle.root / 'manifest.json'}: preprocess.{where}: {first['msg']}"]
+            ) from None
+
+    def _make_source(self, spec: ImagePreprocess | AudioPreprocess) -> Source:
+        """The configured source, checked against the model's input (not opened yet)."""
+        options = self.node.source
+        try:
+            return make_source_for_spec(options.kind, options, spec)
+        except SourceError as exc:
+            raise ConfigError(self.config_source, [f"nodes.{self.node_id}.source: {exc}"]) from None
+
+    def _warm_up(self) -> None:
+        """First ORT runs and librosa's numba JIT cost seconds: pay them before READY=1,
+        not on the first live ticks."""
+        if self.runner is not None:
+            self.runner.warm_up()
+        if isinstance(self.spec, AudioPreprocess):
+            warm_up_audio_frontend()
+            # and the bundle's own front-end shape (its mel filter bank is built once)
+            preprocess(self.spec, np.zeros(self.spec.clip_samples, dtype=np.float32))
+
+    def _open_source(self) -> Source:
+        """Open the source. Replay files that are missing are a config error (exit 2); a
+        live device that does not answer is a StartError (exit 1: systemd retries)."""
+        source = self.source
+        if source is None:
+            raise RuntimeError("prepare() must run before the source is opened")
+        try:
+            source.open()
+        except SourceError as exc:
+            if isinstance(source, ReplaySource):
+                raise ConfigError(
+                    self.config_source, [f"nodes.{self.node_id}.source: {exc}"]
+                ) from None
+            raise StartError(str(exc)) from None
+        return source
+
+    def check_source(self) -> None:
+        """--validate-config: list a replay source's files (never opens a live device)."""
+        if isinstance(self.source, ReplaySource):
+            self._open_source()
+            self.source.close()
+
+    def _make_client(self) -> MqttClient:
+        site = self.cfg.site
+        subscriptions: list[tuple[str, int]] = []
+        on_message = None
+        if isinstance(self.source, RelaySource):
+            subscriptions.append((topics.frame(site, self.source.camera), FRAME_QOS))
+            on_message = self._on_frame
+        return MqttClient(
+            self.cfg.broker,
+            client_id=topics.client_id(site, f"node-{self.node_id}"),
+            status_topic=topics.node_status(site, self.node_id),
+            subscriptions=subscriptions,
+            on_message=on_message,
+        )
+
+    def _connect(self, client: MqttClient, timeout: float | None) -> None:
+        """Wait for the broker (paho keeps retrying); log while waiting, give up on cancel."""
+        client.start()
+        waited = 0.0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not client.wait_connected(1.0):
+            if self._cancel.is_set():
+                raise StartCancelledError
+            waited += 1.0
+            if deadline is not None and time.monotonic() >= deadline:
+                raise StartError(
+                    f"the broker at {client.address} did not answer within {timeout:g} s "
+                    f"({client.last_error or 'no answer'})"
+                )
+            if waited % 5 == 0:
+                log.warning("waiting for the broker at %s (%s)", client.address, client.last_error)
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    # --- relay frames (paho's thread: never block) --------------------------------------------
+
+    def _on_frame(self, msg: Message) -> None:
+        source = self.source
+        if not isinstance(source, RelaySource):
+            return
+        try:
+            frame = decode_frame(msg.payload, max_bytes=MAX_FRAME_BYTES)
+        except WireError as exc:
+            with self._lock:
+                self._frames_rejected += 1
+            self._throttle.warn("frame", "refused a relayed frame on %s: %s", msg.topic, exc)
+            return
+        source.offer_jpeg(frame.tick, frame.ts, frame.jpeg)
+
+    # --- tick loop ----------------------------------------------------------------------------
+
+    def _wait_until(self, due: float, watchdog: sdnotify.Watchdog) -> bool:
+        """Sleep until the wall clock reaches `due`; False if stop was requested first."""
+        while True:
+            left = due - self._clock()
+            if left <= 0:
+                return True
+            if self._stopping.wait(min(left, WAIT_SLICE_S)):
+                return False
+            watchdog.kick()
+
+    def _tick_loop(self) -> None:
+        watchdog = sdnotify.Watchdog()
+        schedule = self.schedule
+        tick = schedule.first(self._clock())
+        ran = 0
+        try:
+            while not self._stopping.is_set():
+                if not self._wait_until(schedule.due(tick), watchdog):
+                    return
+                tick, stalled = schedule.catch_up(tick, self._clock())
+                if stalled and ran:  # before the first tick ran, nothing was missed yet
+                    with self._lock:
+                        self._skipped += stalled
+                started = time.monotonic()
+                if not self._run_tick(tick):
+                    return
+                self._tick_time.add(time.monotonic() - started)
+                ran += 1
+                watchdog.kick()
+                if self.max_ticks is not None and ran >= self.max_ticks:
+                    log.info("ran %d ticks (--ticks); stopping", ran)
+                    return
+                tick, overrun = schedule.after(tick, self._clock())
+                if overrun:
+                    with self._lock:
+                        self._skipped += overrun
+        except Exception as exc:  # a bug: end with an error, so systemd restarts the node
+            log.exception("tick loop failed")
+            self.error = f"tick loop failed: {exc!r}"
+        finally:
+            self._cancel.set()  # tells the CLI the node ended (or is ending) either way
+
+    def _run_tick(self, tick: int) -> bool:
+        """Capture → (frame) → preprocess → sub-models → publish. False: the source is
+        broken for good and the node must end (systemd restarts it)."""
+        source, runner, spec = self.source, self.runner, self.spec
+        if source is None or runner is None or spec is None:
+            return False
+        with self._lock:
+            self._ticks += 1
+            self._last_tick = tick
+        try:
+            sample = source.read(tick)
+        except SourceError as exc:
+            self.error = str(exc)
+            log.error("source lost for good: %s", exc)
+            return False
+        if sample is None:
+            with self._lock:
+                self._misses += 1
+            return True
+        # Replay files are "captured" at the instant the tick stands for; live sources
+        # report when the frame was grabbed, a relay when the camera node grabbed it.
+        ts = self.schedule.due(tick) if isinstance(source, ReplaySource) else sample.ts
+        try:
+            if self.node.publish_frames:
+                self._publish_frame(tick, ts, sample.data)  # before inference: relays start early
+            features = runner.run(preprocess(spec, sample.data))
+            self._publish_features(tick, ts, features)
+        except Exception as exc:  # one bad capture or a runtime fault must not end the node
+            with self._lock:
+                self._errors += 1
+            self._throttle.warn("tick", "tick %d failed: %s", tick, exc, exc_info=True)
+        return True
+
+    def _publish(self, topic: str, payload: bytes, qos: int) -> bool:
+        client = self.client
+        if client is None or not client.connected:
+            return False
+        info = client.publish_bytes(topic, payload, qos=qos)
+        return info.rc == paho.MQTT_ERR_SUCCESS
+
+    def _publish_frame(self, tick: int, ts: float, image: Any) -> None:
+        jpeg = encode_jpeg(image, self.node.jpeg_quality)
+        sent = self._publish(
+            topics.frame(self.cfg.site, self.node_id), encode_frame(tick, ts, jpeg), FRAME_QOS
+        )
+        if sent:
+            with self._lock:
+                self._frames += 1
+
+    def _publish_features(self, tick: int, ts: float, features: dict[str, Any]) -> None:
+        site = self.cfg.site
+        for sub in self.sub_ids:
+            with self._lock:
+                seq = self._seq
+                self._seq += 1
+            payload = encode_features(
+                site, self.node_id, sub, tick, ts, seq, self._hashes[sub], features[sub]
+            )
+            sent = self._publish(topics.feat(site, sub), payload, FEATURE_QOS)
+            with self._lock:
+                if sent:
+                    self._published += 1
+                else:
+                    self._unsent += 1
+
+    # --- stats --------------------------------------------------------------------------------
+
+    def _stats_loop(self) -> None:
+        interval = self.node.stats_interval_s
+        topic = topics.node_stats(self.cfg.site, self.node_id)
+        while not self._stopping.wait(interval):
+            if self.client is not None and self.client.connected:
+                self.client.publish_json(topic, self.stats(), qos=STATS_QOS)
+
+    def stats(self) -> dict[str, Any]:
+        """The stats message (README: edge-node stats): counters since start, inference and
+        tick-work percentiles over the recent window."""
+        runner, source, client = self.runner, self.source, self.client
+        inference: dict[str, Any] = {"p50": None, "p99": None, "per_submodel": {}}
+        if runner is not None:
+            summary = runner.stats()
+            inference = {
+                "p50": summary["p50_ms"],
+                "p99": summary["p99_ms"],
+                "per_submodel": {
+                    s: {"p50": v["p50_ms"], "p99": v["p99_ms"]}
+                    for s, v in summary["per_submodel"].items()
+                },
+            }
+        work = self._tick_time.summary()
+        source_stats: dict[str, Any] = {}
+        if source is not None:
+            source_stats = {"kind": source.kind, "name": source.name, **source.stats.as_dict()}
+        with self._lock:
+            if isinstance(source, RelaySource):
+                source_stats["rejected"] = self._frames_rejected
+            return {
+                "node": self.node_id,
+                "ts": round(self._clock(), 3),
+                "uptime_s": round(time.monotonic() - self._started_at, 1),
+                "submodels": list(self.sub_ids),
+                "period_s": self.cfg.tick.period_s,
+                "ticks": self._ticks,
+                "last_tick": self._last_tick,
+                "published": self._published,
+                "skipped": self._skipped,
+                "misses": self._misses,
+                "errors": self._errors,
+                "unsent": self._unsent,
+                "frames": self._frames,
+                "inference_ms": inference,
+                "tick_ms": {"p50": work["p50_ms"], "p99": work["p99_ms"]},
+                "reconnects": client.reconnects if client is not None else 0,
+                "connected": client.connected if client is not None else False,
+                "source": source_stats,
+            }
