@@ -113,7 +113,7 @@ def _command(name: str) -> str:
 
 def _run_step(what: str, cmd: list[str], log: TextIO) -> None:
     print(f"demo: {what}: {' '.join(cmd)}", file=log, flush=True)
-    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, check=False)
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=log, check=False)
     if proc.returncode != 0:
         raise DemoError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}")
 
@@ -138,7 +138,7 @@ def ensure_bundle(opts: DemoOptions, log: TextIO) -> Bundle:
 
 def node_layout(bundle: Bundle) -> dict[str, list[str]]:
     """Nodes and the sub-models each runs: the plan's devices when it has an assignment,
-    else up to three nodes sharing the sub-models in order (so one hosts several)."""
+    else up to three nodes with two sub-models each in order (so hosting several shows)."""
     assignment: dict[str, str] = bundle.manifest.plan.get("assignment") or {}
     ids = [s.id for s in bundle.manifest.submodels]
     if assignment:
@@ -146,7 +146,7 @@ def node_layout(bundle: Bundle) -> dict[str, list[str]]:
         for sub in ids:
             layout.setdefault(assignment[sub], []).append(sub)
         return layout
-    n = min(MAX_NODES, len(ids))
+    n = min(MAX_NODES, math.ceil(len(ids) / 2))
     per = math.ceil(len(ids) / n)
     return {f"node-{i + 1}": ids[i * per : (i + 1) * per] for i in range(n) if ids[i * per :]}
 
@@ -231,13 +231,13 @@ def run_demo(
         if opts.broker is not None:
             host, port = parse_broker(opts.broker)
             port = port or 1883
-        elif mosquitto_binary() is not None:
+        elif mosquitto_binary() is not None and not opts.embedded_broker:
             broker = Mosquitto(opts.workdir / "mosquitto").start()
             host, port = broker.host, broker.port
         else:
-            raise DemoError(
-                "no broker: install mosquitto (apt-get install mosquitto) or pass --broker"
-            )
+            print("demo: starting the embedded broker (not mosquitto)", file=log, flush=True)
+            broker = MiniBroker().start()
+            host, port = broker.host, broker.port
         site = site_config(bundle, host, port, opts.period_s)
         config = opts.workdir / "site.yaml"
         config.write_text(yaml.safe_dump(site, sort_keys=False))
