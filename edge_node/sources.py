@@ -913,7 +913,7 @@ class RelaySource(Source):
 OPTIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "camera": (frozenset({"device"}), frozenset({"width", "height", "fps"})),
     "microphone": (frozenset(), frozenset({"device"})),
-    "video": (frozenset({"path"}), frozenset({"loop"})),
+    "video": (frozenset({"path"}), frozenset()),
     "images": (frozenset({"folder"}), frozenset({"pattern"})),
     "wav": (frozenset({"folder"}), frozenset({"pattern"})),
     "relay": (frozenset({"camera"}), frozenset({"wait"})),
@@ -955,8 +955,7 @@ def make_source(
     - camera: `device` (index, /dev/videoN, video file or rtsp://…/http://… URL), optional
       `width`, `height`, `fps` (requested from the device; for a file, its pacing rate);
     - microphone: optional `device` (index or part of a name; default input if absent);
-    - video: `path`, optional `loop` (must be true: ticks are wall-clock counts, so a
-      replay can only wrap, k mod M);
+    - video: `path` (it wraps: tick k shows frame k mod M, as ticks count wall-clock time);
     - images: `folder`, optional `pattern` (glob, default `*`; `**/*.png` recurses);
     - wav: `folder`, optional `pattern` (glob, default `**/*`: .wav, .flac, .ogg);
     - relay: `camera` (the relaying camera's id), optional `wait` (s to wait for a frame).
@@ -1004,11 +1003,6 @@ def make_source(
             fps=float(opts["fps"]) if "fps" in opts else None,
         )
     if kind == "video":
-        if opts.get("loop", True) is not True:
-            raise SourceError(
-                "video source: loop: false is not supported; ticks count wall-clock periods, "
-                "so every node shows frame k mod (frames) at tick k"
-            )
         return VideoSource(_path(opts["path"], base_dir))
     if kind == "images":
         return ImagesSource(_path(opts["folder"], base_dir), str(opts.get("pattern", "*")))

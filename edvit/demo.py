@@ -60,6 +60,8 @@ class Tally:
     results: list[dict[str, Any]] = field(default_factory=list)
     correct: int = 0
     node_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    status: dict[str, str] = field(default_factory=dict)
+    ready_at: float | None = None  # when every process was online: earlier ticks don't count
 
     def add(self, result: dict[str, Any]) -> str:
         expected = self.truth[result["tick"] % len(self.truth)]
@@ -207,12 +209,20 @@ class Children:
                 proc.wait()
 
 
-def _handle(msg: Message, site: str, tally: Tally, out: TextIO) -> None:
+def _handle(msg: Message, site: str, tally: Tally, expected: int, out: TextIO) -> None:
+    """A result (counted once every process is up), a status, or a node's stats."""
     if msg.topic == topics.result(site):
-        print(tally.add(json.loads(msg.payload)), file=out, flush=True)
+        result = json.loads(msg.payload)
+        if tally.ready_at is not None and result["ts"] >= tally.ready_at:
+            print(tally.add(result), file=out, flush=True)
         return
-    parts = msg.topic.split("/")  # edvit/<site>/node/<id>/stats
-    if len(parts) == 5 and parts[2] == "node" and parts[4] == "stats":
+    parts = msg.topic.split("/")  # edvit/<site>/node/<id>/stats|status, .../aggregator/status
+    if parts[-1] == "status":
+        tally.status["/".join(parts[2:-1])] = msg.payload.decode(errors="replace")
+        online = sum(v == topics.ONLINE for v in tally.status.values())
+        if tally.ready_at is None and online == expected:
+            tally.ready_at = time.time()
+    elif len(parts) == 5 and parts[2] == "node":
         tally.node_stats[parts[3]] = json.loads(msg.payload)
 
 
@@ -248,7 +258,11 @@ def run_demo(
             BrokerConfig(host=host, port=port),
             client_id=topics.client_id("demo", "viewer"),
             status_topic=f"{topics.PREFIX}/demo/viewer/status",
-            subscriptions=[(topics.result("demo"), 1), (f"{topics.PREFIX}/demo/node/+/stats", 0)],
+            subscriptions=[
+                (topics.result("demo"), 1),
+                (f"{topics.PREFIX}/demo/node/+/+", 1),
+                (topics.aggregator_status("demo"), 1),
+            ],
             inbox=inbox,
         )
         if not client.connect_and_wait(10):
@@ -264,7 +278,7 @@ def run_demo(
             except queue.Empty:
                 children.check(opts.workdir)
                 continue
-            _handle(msg, "demo", tally, out)
+            _handle(msg, "demo", tally, len(site["nodes"]) + 1, out)
     except KeyboardInterrupt:
         print("\ndemo: interrupted, stopping", file=log, flush=True)
     finally:
@@ -274,7 +288,7 @@ def run_demo(
             while not inbox.empty():
                 msg = inbox.get_nowait()
                 if msg.topic != topics.result("demo"):
-                    _handle(msg, "demo", tally, out)
+                    _handle(msg, "demo", tally, 0, out)
             client.stop()
         children.stop()
         if broker is not None:

@@ -110,7 +110,7 @@ def test_good_config(tmp_path: Path) -> None:
             lambda s: s.replace(
                 "{kind: images, folder: data/test}", "{kind: video, path: v.mp4, loop: false}"
             ),
-            "nodes.files.source.video.loop: Value error, false is not supported",
+            "nodes.files.source.video.loop: unknown key",
         ),
         (
             lambda s: s.replace("[g1]", "[g1, g1]"),

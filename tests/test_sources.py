@@ -541,8 +541,6 @@ def test_make_source_takes_the_site_config_models(tmp_path: Path) -> None:
     assert isinstance(wav, WavSource)
     with pytest.raises(SourceError, match="options say kind 'relay'"):
         make_source("camera", site.RelaySource(kind="relay", camera="door-cam"))
-    with pytest.raises(SourceError, match="loop: false is not supported"):
-        make_source("video", site.VideoSource(kind="video", path="x.mp4", loop=False))
 
 
 def test_make_source_refuses_bad_options() -> None:

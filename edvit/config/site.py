@@ -222,21 +222,6 @@ class VideoSource(StrictModel):
 
     kind: Literal["video"] = Field(description="Selects a video file.")
     path: str = Field(min_length=1, description="The video file; relative to this config.")
-    loop: bool = Field(
-        default=True,
-        description="Start again at the end; must be true: ticks count wall-clock periods, "
-        "so every node shows frame k mod (frames) at tick k.",
-    )
-
-    @field_validator("loop")
-    @classmethod
-    def _loops(cls, value: bool) -> bool:
-        if not value:
-            raise ValueError(
-                "false is not supported: ticks count wall-clock periods, so a replay wraps "
-                "(frame k mod frames at tick k)"
-            )
-        return value
 
 
 class ImagesSource(StrictModel):
