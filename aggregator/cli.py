@@ -64,12 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from aggregator.app import Aggregator, StartCancelledError, StartError
 
     logging.basicConfig(
         level=args.log_level, format="%(name)s: %(levelname)s: %(message)s", stream=sys.stderr
     )
+    # A message crosses from paho's thread to the worker: with CPython's default 5 ms GIL
+    # switch interval that hand-off alone can cost milliseconds at the tail.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         cfg = with_broker(load_site_config(args.config), args.broker)
         if args.validate_config:

@@ -34,6 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edvit import topics
 from edvit.broker import Mosquitto
 from edvit.bundle import Manifest, load_bundle, write_manifest
+from edvit.mqtt import no_delay
 from edvit.wire import encode_features
 from modelgen.export import base_entry, export_fusion, export_submodel, fusion_entry, submodel_entry
 from modelgen.fusion_model import FusionMLP
@@ -86,6 +87,7 @@ class Probe:
         self.stats: dict[str, Any] = {}
         self._ready = threading.Event()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-probe")
+        self.client.on_socket_open = no_delay  # as the nodes' client does
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.max_inflight_messages_set(1000)

@@ -86,6 +86,7 @@ class Mosquitto:
         user = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
             f"listener {self.port} {self.host}\n" + user + auth + "persistence false\n"
+            "set_tcp_nodelay true\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
             "connection_messages true\n" + extra_conf

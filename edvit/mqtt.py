@@ -15,9 +15,11 @@ The rules every long-running part of the site follows (as paho's own examples do
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -55,6 +57,13 @@ class Message:
 
 
 MessageCallback = Callable[[Message], None]
+
+
+def no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """Disable Nagle: a node sends several small messages per tick, and Nagle plus delayed
+    ACKs would hold them back for tens of milliseconds (paho leaves it on)."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class MqttClient:
@@ -122,6 +131,7 @@ class MqttClient:
         # paho's hint says int, but it computes with floats: 0.5 s is the agreed first retry.
         client.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)  # type: ignore[arg-type]
         client.max_queued_messages_set(max_queued_outgoing)
+        client.on_socket_open = no_delay
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
