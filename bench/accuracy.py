@@ -197,11 +197,21 @@ def main() -> None:
     results = [run_dataset(d, args.ns, print) for d in args.datasets]
     for res in results:
         res["rows"].sort(key=lambda r: r["n"])
-    report = {"results": results, "bench_seconds": time.perf_counter() - started}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    _plot(results, args.out.with_suffix(".png"))
-    print(json.dumps(report))
+        res["bench_seconds"] = time.perf_counter() - started
+    print(json.dumps(results))
+    merge(args.out, results)
+
+
+def merge(out: Path, results: list[dict[str, Any]]) -> None:
+    """Write `results` into `out`, keeping the other datasets' results already there."""
+    kept = []
+    if out.is_file():
+        names = {r["dataset"] for r in results}
+        kept = [r for r in json.loads(out.read_text())["results"] if r["dataset"] not in names]
+    merged = sorted(kept + results, key=lambda r: str(r["dataset"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"results": merged}, indent=1) + "\n")
+    _plot(merged, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
