@@ -157,6 +157,7 @@ def run_rate(
             if delay > 0:
                 time.sleep(delay)
             sent[tick] = probe.publish_tick(tick, seq)
+        behind = max(0.0, time.time() - last * period)  # how late the publisher finished
         time.sleep(1.5)  # the last deadlines pass and a stats message goes out
         results = []
         while not probe.results.empty():
@@ -166,7 +167,6 @@ def run_rate(
             (t - sent[r["tick"]]) * 1e3 for t, r in results if r["complete"] and r["tick"] in sent
         ]
         stats = probe.stats
-        behind = max(0.0, time.time() - last * period)
         return {
             "rate_hz": rate,
             "ticks_sent": len(sent),
