@@ -227,10 +227,12 @@ def wait_online(sub: Subscriber, run: Running, timeout: float = 20) -> None:
 _last_tick = 0
 
 
-def fresh_ticks(count: int) -> list[int]:
-    """Ticks no earlier test used (an emitted tick stays closed), starting just after now."""
+def fresh_ticks(count: int, lead: int = 5) -> list[int]:
+    """Ticks no earlier test used (an emitted tick stays closed), starting `lead` ticks from
+    now: a long run needs the lead, or a loaded machine publishes its last ticks after
+    their deadline."""
     global _last_tick
-    start = max(int(time.time() / PERIOD) + 5, _last_tick + 1)
+    start = max(int(time.time() / PERIOD) + lead, _last_tick + 1)
     _last_tick = start + count - 1
     return list(range(start, start + count))
 
@@ -328,7 +330,7 @@ def agg(
 def test_results_equal_eval_fusion(data: Data, agg: tuple[Running, Subscriber]) -> None:
     _, sub = agg
     n = len(data.labels)
-    ticks = fresh_ticks(n)
+    ticks = fresh_ticks(n, lead=300)  # 3 s to publish them all before the first deadline
     for i, tick in enumerate(ticks):
         publish_sample(sub, data, tick, i)
     got = results_for(sub, set(ticks))
