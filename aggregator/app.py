@@ -31,6 +31,7 @@ from edvit import sdnotify, topics
 from edvit.bundle import Bundle, load_bundle
 from edvit.config.site import SiteConfig
 from edvit.mqtt import Message, MqttClient
+from edvit.service import spawn, wait_for_broker
 from edvit.wire import REASONS, WireError, decode_features, encode_result
 
 log = logging.getLogger("aggregator")
@@ -40,14 +41,6 @@ RESULT_QOS = 1
 LATENCY_WINDOW = 1000  # results the latency percentiles are taken over
 HEARTBEAT_MAX_S = 0.25  # the worker wakes at least this often
 LOG_EVERY_S = 10.0  # bad messages of one reason are logged at most this often
-
-
-class StartCancelledError(Exception):
-    """start() was interrupted by a stop request (SIGTERM while waiting for the broker)."""
-
-
-class StartError(Exception):
-    """The aggregator cannot start: the broker did not answer in time."""
 
 
 def discovery_config(cfg: SiteConfig) -> tuple[str, dict[str, Any]]:
@@ -154,9 +147,9 @@ class Aggregator:
         self.fuser = Fuser.from_bundle(self.bundle)
         self.aligner = self._make_aligner(self.bundle)
         self.client = self._make_client()
-        self._connect(self.client, connect_timeout)
-        self._worker = self._spawn("aggregator-worker", self._work)
-        self._timer = self._spawn("aggregator-timer", self._tick_timer)
+        wait_for_broker(self.client, connect_timeout, self._cancel)
+        self._worker = spawn("aggregator-worker", self._work)
+        self._timer = spawn("aggregator-timer", self._tick_timer)
         sdnotify.ready()
         sdnotify.status(f"fusing {len(self._expected)} sub-models for site {self.cfg.site}")
         log.info(
@@ -214,28 +207,6 @@ class Aggregator:
             topic, payload = discovery_config(self.cfg)
             client.publish_on_connect(topic, _json_bytes(payload))
         return client
-
-    def _connect(self, client: MqttClient, timeout: float | None) -> None:
-        """Wait for the broker (paho keeps retrying); log while waiting, give up on cancel."""
-        client.start()
-        waited = 0.0
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not client.wait_connected(1.0):
-            if self._cancel.is_set():
-                raise StartCancelledError
-            waited += 1.0
-            if deadline is not None and time.monotonic() >= deadline:
-                raise StartError(
-                    f"the broker at {client.address} did not answer within {timeout:g} s "
-                    f"({client.last_error or 'no answer'})"
-                )
-            if waited % 5 == 0:
-                log.warning("waiting for the broker at %s (%s)", client.address, client.last_error)
-
-    def _spawn(self, name: str, target: Callable[[], None]) -> threading.Thread:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
-        return thread
 
     # --- worker -------------------------------------------------------------------------------
 

@@ -11,20 +11,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 from edvit.bundle import BundleError, load_bundle
 from edvit.config import ConfigError
 from edvit.config.site import load_site_config, parse_broker, site_problems, with_broker
 from edvit.fusion import FusionError
-from edvit.mqtt import MqttError
-
-log = logging.getLogger("aggregator")
+from edvit.service import serve, stop_on_signals
 
 
 def _broker_arg(text: str) -> str:
@@ -68,8 +63,9 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from aggregator.app import Aggregator, StartCancelledError, StartError
+    from aggregator.app import Aggregator
 
+    stop = stop_on_signals()
     logging.basicConfig(
         level=args.log_level, format="%(name)s: %(levelname)s: %(message)s", stream=sys.stderr
     )
@@ -93,32 +89,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     app = Aggregator(args.bundle, cfg, print_results=args.print, cancel=stop)
-    try:
-        app.start(connect_timeout=args.connect_timeout)
-    except StartCancelledError:
-        app.stop()
-        return 0
-    except (ConfigError, BundleError, FusionError) as exc:
-        app.stop()
-        print(exc, file=sys.stderr)
-        return 2
-    except (MqttError, StartError) as exc:
-        app.stop()
-        print(f"aggregator: {exc}", file=sys.stderr)
-        return 1
-    while not stop.wait(1.0):
-        pass
-    log.info("stopping")
-    app.stop()
-    return 0
+    return serve(
+        app, "aggregator", stop, args.connect_timeout, (ConfigError, BundleError, FusionError)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,6 +39,7 @@ from edvit.config.site import NodeConfig, SiteConfig, node_submodels
 from edvit.mqtt import Message, MqttClient
 from edvit.preprocess import AudioPreprocess, ImagePreprocess, parse_preprocess, preprocess
 from edvit.preprocess import warm_up_audio as warm_up_audio_frontend
+from edvit.service import StartError, spawn, wait_for_broker
 from edvit.wire import WireError, decode_frame, encode_features, encode_frame
 
 log = logging.getLogger("edge_node")
@@ -49,14 +50,6 @@ STATS_QOS = 0
 MAX_FRAME_BYTES = 8 << 20  # a relayed JPEG frame larger than this is refused unread
 WAIT_SLICE_S = 0.5  # the tick thread re-reads the wall clock (NTP steps) at least this often
 LOG_EVERY_S = 10.0  # a recurring tick error is logged at most this often
-
-
-class StartCancelledError(Exception):
-    """start() was interrupted by a stop request (SIGTERM while waiting for the broker)."""
-
-
-class StartError(Exception):
-    """The node cannot start for now: the broker did not answer, or a live device is absent."""
 
 
 class _Throttle:
@@ -146,10 +139,10 @@ class EdgeNode:
         self._warm_up()
         self.source = self._open_source()
         self.client = self._make_client()
-        self._connect(self.client, connect_timeout)
+        wait_for_broker(self.client, connect_timeout, self._cancel)
         sdnotify.ready()
-        self._stats_thread = self._spawn("node-stats", self._stats_loop)
-        self._tick_thread = self._spawn("node-ticks", self._tick_loop)
+        self._stats_thread = spawn("node-stats", self._stats_loop)
+        self._tick_thread = spawn("node-ticks", self._tick_loop)
         sdnotify.status(
             f"node {self.node_id}: {','.join(self.sub_ids)} every {self.cfg.tick.period_s:g} s"
         )
@@ -278,28 +271,6 @@ class EdgeNode:
             subscriptions=subscriptions,
             on_message=on_message,
         )
-
-    def _connect(self, client: MqttClient, timeout: float | None) -> None:
-        """Wait for the broker (paho keeps retrying); log while waiting, give up on cancel."""
-        client.start()
-        waited = 0.0
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not client.wait_connected(1.0):
-            if self._cancel.is_set():
-                raise StartCancelledError
-            waited += 1.0
-            if deadline is not None and time.monotonic() >= deadline:
-                raise StartError(
-                    f"the broker at {client.address} did not answer within {timeout:g} s "
-                    f"({client.last_error or 'no answer'})"
-                )
-            if waited % 5 == 0:
-                log.warning("waiting for the broker at %s (%s)", client.address, client.last_error)
-
-    def _spawn(self, name: str, target: Callable[[], None]) -> threading.Thread:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
-        return thread
 
     # --- relay frames (paho's thread: never block) --------------------------------------------
 

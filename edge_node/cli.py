@@ -12,19 +12,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 from edvit.bundle import BundleError
 from edvit.config import ConfigError
 from edvit.config.site import load_site_config, parse_broker, with_broker
-from edvit.mqtt import MqttError
-
-log = logging.getLogger("edge_node")
+from edvit.service import EXIT_OK, EXIT_RETRY, serve, stop_on_signals
 
 
 def _broker_arg(text: str) -> str:
@@ -82,15 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     # First of all: a SIGTERM while the models load must still end in a clean stop.
-    stop = threading.Event()
+    stop = stop_on_signals()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-    from edge_node.app import EdgeNode, StartCancelledError, StartError
+    from edge_node.app import EdgeNode
     from edge_node.runner import RunnerError
 
     logging.basicConfig(
@@ -119,27 +108,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
 
-    try:
-        app.start(connect_timeout=args.connect_timeout)
-    except StartCancelledError:
-        app.stop()
-        return 0
-    except (ConfigError, BundleError, RunnerError) as exc:
-        app.stop()
-        print(exc, file=sys.stderr)
-        return 2
-    except (MqttError, StartError) as exc:
-        app.stop()
-        print(f"edge-node: {exc}", file=sys.stderr)
-        return 1
-    while not stop.wait(1.0):
-        pass
-    log.info("stopping")
-    app.stop()
-    if app.error is not None:
+    code = serve(
+        app, "edge-node", stop, args.connect_timeout, (ConfigError, BundleError, RunnerError)
+    )
+    if code == EXIT_OK and app.error is not None:  # the tick loop ended on a lost device
         print(f"edge-node: {app.error}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_RETRY
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,102 @@
+"""What the long-running services (edge node, aggregator) share: how they start, wait for
+the broker, run until SIGTERM/SIGINT, and map failures to exit codes systemd acts on.
+
+Exit codes: 0 after a clean stop; 2 for a config or bundle that cannot work (fix it, a
+restart will not help); 1 for a broker that refused us or never answered (systemd retries).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Protocol
+
+from edvit.mqtt import MqttClient, MqttError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_RETRY, EXIT_CONFIG = 0, 1, 2
+
+
+class StartCancelledError(Exception):
+    """start() was interrupted by a stop request (SIGTERM while waiting for the broker)."""
+
+
+class StartError(Exception):
+    """The service cannot start for now: the broker did not answer, or a device is absent."""
+
+
+class Service(Protocol):
+    def start(self, connect_timeout: float | None = None) -> None: ...
+    def stop(self) -> None: ...
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM (systemd stop) or SIGINT (Ctrl-C)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def wait_for_broker(client: MqttClient, timeout: float | None, cancel: threading.Event) -> None:
+    """Start the client and wait until the broker answers (paho keeps retrying); log while
+    waiting; StartCancelledError on a stop request, StartError after `timeout` seconds."""
+    client.start()
+    waited = 0.0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not client.wait_connected(1.0):
+        if cancel.is_set():
+            raise StartCancelledError
+        waited += 1.0
+        if deadline is not None and time.monotonic() >= deadline:
+            raise StartError(
+                f"the broker at {client.address} did not answer within {timeout:g} s "
+                f"({client.last_error or 'no answer'})"
+            )
+        if waited % 5 == 0:
+            log.warning("waiting for the broker at %s (%s)", client.address, client.last_error)
+
+
+def spawn(name: str, target: Callable[[], None]) -> threading.Thread:
+    """A daemon thread, started."""
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def serve(
+    app: Service,
+    name: str,
+    stop: threading.Event,
+    connect_timeout: float | None,
+    config_errors: tuple[type[Exception], ...],
+) -> int:
+    """Start `app`, run until `stop` is set, stop it; the exit code (see the module doc)."""
+    try:
+        app.start(connect_timeout=connect_timeout)
+    except StartCancelledError:
+        app.stop()
+        return EXIT_OK
+    except config_errors as exc:
+        app.stop()
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    except (MqttError, StartError) as exc:
+        app.stop()
+        print(f"{name}: {exc}", file=sys.stderr)
+        return EXIT_RETRY
+    while not stop.wait(1.0):
+        pass
+    log.info("stopping")
+    app.stop()
+    return EXIT_OK
