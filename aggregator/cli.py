@@ -10,24 +10,14 @@ Exit status: 0 after a clean stop (SIGTERM, SIGINT), 2 for an unusable bundle or
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from edvit.bundle import BundleError, load_bundle
 from edvit.config import ConfigError
-from edvit.config.site import load_site_config, parse_broker, site_problems, with_broker
+from edvit.config.site import load_site_config, site_problems, with_broker
 from edvit.fusion import FusionError
-from edvit.service import serve, stop_on_signals
-
-
-def _broker_arg(text: str) -> str:
-    try:
-        parse_broker(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+from edvit.service import add_run_args, serve, setup_logging, stop_on_signals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,24 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the aggregator until SIGTERM / Ctrl-C")
-    run.add_argument("--bundle", required=True, type=Path, help="bundle directory")
-    run.add_argument("--config", required=True, type=Path, help="site config (YAML)")
+    add_run_args(run, "check the bundle (every sha256) and the config against it, then exit")
     run.add_argument("--print", action="store_true", help="print one line per result")
-    run.add_argument(
-        "--broker", type=_broker_arg, metavar="HOST:PORT", help="override the config's broker"
-    )
-    run.add_argument(
-        "--validate-config",
-        action="store_true",
-        help="check the bundle (every sha256) and the config against it, then exit",
-    )
-    run.add_argument(
-        "--connect-timeout",
-        type=float,
-        metavar="S",
-        help="give up when the broker has not answered after S seconds (default: wait)",
-    )
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=_cmd_run)
     return parser
 
@@ -66,9 +40,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from aggregator.app import Aggregator
 
     stop = stop_on_signals()
-    logging.basicConfig(
-        level=args.log_level, format="%(name)s: %(levelname)s: %(message)s", stream=sys.stderr
-    )
+    setup_logging(args.log_level)
     # A message crosses from paho's thread to the worker: with CPython's default 5 ms GIL
     # switch interval that hand-off alone can cost milliseconds at the tail.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)

@@ -11,23 +11,13 @@ the broker refuses or never answers, or the capture device is absent or lost.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from edvit.bundle import BundleError
 from edvit.config import ConfigError
-from edvit.config.site import load_site_config, parse_broker, with_broker
-from edvit.service import EXIT_OK, EXIT_RETRY, serve, stop_on_signals
-
-
-def _broker_arg(text: str) -> str:
-    try:
-        parse_broker(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+from edvit.config.site import load_site_config, with_broker
+from edvit.service import EXIT_OK, EXIT_RETRY, add_run_args, serve, setup_logging, stop_on_signals
 
 
 def _positive_int(text: str) -> int:
@@ -47,30 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one node until SIGTERM / Ctrl-C")
-    run.add_argument("--bundle", required=True, type=Path, help="bundle directory")
+    add_run_args(
+        run, "check the bundle (every sha256), the node's sub-models and its source, then exit"
+    )
     run.add_argument("--node", required=True, help="node id (a key of `nodes` in the config)")
-    run.add_argument("--config", required=True, type=Path, help="site config (YAML)")
-    run.add_argument(
-        "--broker", type=_broker_arg, metavar="HOST:PORT", help="override the config's broker"
-    )
-    run.add_argument(
-        "--validate-config",
-        action="store_true",
-        help="check the bundle (every sha256), the node's sub-models and its source, then exit",
-    )
-    run.add_argument(
-        "--connect-timeout",
-        type=float,
-        metavar="S",
-        help="give up when the broker has not answered after S seconds (default: wait)",
-    )
     run.add_argument(
         "--ticks",
         type=_positive_int,
         metavar="N",
         help="stop cleanly after N ticks have run (tests, demos)",
     )
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=_cmd_run)
     return parser
 
@@ -82,9 +58,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edge_node.app import EdgeNode
     from edge_node.runner import RunnerError
 
-    logging.basicConfig(
-        level=args.log_level, format="%(name)s: %(levelname)s: %(message)s", stream=sys.stderr
-    )
+    setup_logging(args.log_level)
     try:
         cfg = with_broker(load_site_config(args.config), args.broker)
         app = EdgeNode(

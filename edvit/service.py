@@ -7,15 +7,18 @@ restart will not help); 1 for a broker that refused us or never answered (system
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
+from edvit.config.site import parse_broker
 from edvit.mqtt import MqttClient, MqttError
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,37 @@ class StartError(Exception):
 class Service(Protocol):
     def start(self, connect_timeout: float | None = None) -> None: ...
     def stop(self) -> None: ...
+
+
+def _broker_arg(text: str) -> str:
+    try:
+        parse_broker(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_run_args(run: argparse.ArgumentParser, validate_help: str) -> None:
+    """The options every `... run` command takes, the way systemd passes them."""
+    run.add_argument("--bundle", required=True, type=Path, help="bundle directory")
+    run.add_argument("--config", required=True, type=Path, help="site config (YAML)")
+    run.add_argument(
+        "--broker", type=_broker_arg, metavar="HOST:PORT", help="override the config's broker"
+    )
+    run.add_argument("--validate-config", action="store_true", help=validate_help)
+    run.add_argument(
+        "--connect-timeout",
+        type=float,
+        metavar="S",
+        help="give up when the broker has not answered after S seconds (default: wait)",
+    )
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(name)s: %(levelname)s: %(message)s", stream=sys.stderr
+    )
 
 
 def stop_on_signals() -> threading.Event:
