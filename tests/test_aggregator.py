@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import yaml
 from broker import Mosquitto, Subscriber, free_port, mosquitto_binary
+from tiny import build_bundle, tiny_digits
 
 from edvit.bundle import load_bundle
 from edvit.fusion import FusionMLP, softmax
@@ -36,24 +37,6 @@ SITE = "t1"
 PERIOD = 0.01  # short, so that a test's hundred ticks span only a second of the clock
 DEADLINE = 1.0  # generous: the suite runs on 2 shared cores
 
-TINY = {
-    "name": "tiny-digits-online",
-    "seed": 0,
-    "dataset": {
-        "kind": "digits",
-        "max_per_class": 40,
-        "split": {"val_fraction": 0.2, "test_fraction": 0.25, "seed": 0},
-    },
-    "preprocess": {"kind": "image", "height": 8, "width": 8, "channels": 1},
-    "model": {"arch": "vit:img=8,patch=2,chans=1,embed=32,depth=1,heads=4"},
-    "train": {"epochs": 10, "batch_size": 32, "lr": 0.003},
-    "plan": {"num_submodels": 3},
-    "grouping": "confusion",
-    "pruning": {"method": "kl", "samples": 32},
-    "distill": {"epochs": 4, "batch_size": 32, "lr": 0.003},
-    "fusion": {"epochs": 10},
-    "threads": 1,
-}
 
 pytestmark = pytest.mark.skipif(
     mosquitto_binary() is None, reason="mosquitto is not installed (scripts/setup.sh installs it)"
@@ -101,18 +84,7 @@ def _test_split(bundle_dir: Path) -> tuple[list[np.ndarray], np.ndarray]:
 def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
     import onnxruntime as ort
 
-    root = tmp_path_factory.mktemp("online-bundle")
-    recipe = root / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump(TINY))
-    out = root / "bundle"
-    proc = subprocess.run(
-        [str(BIN / "modelgen"), "build", str(recipe), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = build_bundle(tmp_path_factory.mktemp("online-bundle"), tiny_digits("tiny-digits-online"))
     bundle = load_bundle(out)
     m = bundle.manifest
     samples, labels = _test_split(out)

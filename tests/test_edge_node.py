@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import yaml
 from broker import Mosquitto, Subscriber, free_port, mosquitto_binary
+from tiny import build_bundle, tiny_digits
 
 from edge_node.sources import decode_jpeg, encode_jpeg, read_image
 from edge_node.tick import TickSchedule
@@ -35,24 +36,6 @@ BIN = Path(sys.executable).parent
 SITE = "n1"
 PERIOD = 0.2
 
-TINY = {
-    "name": "tiny-digits-node",
-    "seed": 0,
-    "dataset": {
-        "kind": "digits",
-        "max_per_class": 40,
-        "split": {"val_fraction": 0.2, "test_fraction": 0.25, "seed": 0},
-    },
-    "preprocess": {"kind": "image", "height": 8, "width": 8, "channels": 1},
-    "model": {"arch": "vit:img=8,patch=2,chans=1,embed=32,depth=1,heads=4"},
-    "train": {"epochs": 10, "batch_size": 32, "lr": 0.003},
-    "plan": {"num_submodels": 3},
-    "grouping": "confusion",
-    "pruning": {"method": "kl", "samples": 32},
-    "distill": {"epochs": 4, "batch_size": 32, "lr": 0.003},
-    "fusion": {"epochs": 10},
-    "threads": 1,
-}
 
 pytestmark = pytest.mark.skipif(
     mosquitto_binary() is None, reason="mosquitto is not installed (scripts/setup.sh installs it)"
@@ -120,10 +103,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
     import onnxruntime as ort
 
     root = tmp_path_factory.mktemp("node-bundle")
-    recipe = root / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump(TINY))
-    out = root / "bundle"
-    run_tool("modelgen", "build", str(recipe), "--out", str(out))
+    out = build_bundle(root, tiny_digits("tiny-digits-node"))
     samples = root / "samples"
     run_tool("modelgen", "samples", str(out), "--out", str(samples))
     labels = json.loads((samples / "labels.json").read_text())

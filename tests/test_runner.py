@@ -4,14 +4,13 @@ two sub-models hosted at once, outputs equal to plain ONNX Runtime sessions."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-import yaml
+from tiny import build_bundle, tiny_digits
 
 from edge_node.runner import LatencyStats, RunnerError, SubmodelRunner
 from edvit.bundle import Bundle, load_bundle
@@ -19,41 +18,24 @@ from edvit.preprocess import parse_preprocess, preprocess
 
 BIN = Path(sys.executable).parent
 
-RECIPE = {
-    "name": "runner-digits",
-    "seed": 0,
-    "dataset": {
-        "kind": "digits",
-        "max_per_class": 20,
-        "split": {"val_fraction": 0.2, "test_fraction": 0.25, "seed": 0},
-    },
-    "preprocess": {"kind": "image", "height": 8, "width": 8, "channels": 1},
-    "model": {"arch": "vit:img=8,patch=2,chans=1,embed=32,depth=1,heads=4"},
-    "train": {"epochs": 1, "batch_size": 32, "lr": 0.003},
-    "plan": {"num_submodels": 2},
-    "grouping": "contiguous",
-    "pruning": {"method": "kl", "samples": 16},
-    "distill": {"epochs": 1, "batch_size": 32, "lr": 0.003},
-    "fusion": {"epochs": 1},
-    "threads": 1,
-}
-
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("runner")
-    recipe = root / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(RECIPE))
-    out = root / "bundle"
-    proc = subprocess.run(
-        [str(BIN / "modelgen"), "build", str(recipe), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    recipe = tiny_digits(
+        "runner-digits",
+        dataset={
+            "kind": "digits",
+            "max_per_class": 20,
+            "split": {"val_fraction": 0.2, "test_fraction": 0.25, "seed": 0},
+        },
+        train={"epochs": 1, "batch_size": 32, "lr": 0.003},
+        plan={"num_submodels": 2},
+        grouping="contiguous",
+        pruning={"method": "kl", "samples": 16},
+        distill={"epochs": 1, "batch_size": 32, "lr": 0.003},
+        fusion={"epochs": 1},
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return build_bundle(tmp_path_factory.mktemp("runner"), recipe, timeout=300)
 
 
 @pytest.fixture(scope="module")
