@@ -11,27 +11,17 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from tiny import tiny_digits
 
 BIN = Path(sys.executable).parent
 
-TINY = {
-    "name": "tiny-digits",
-    "seed": 0,
-    "dataset": {
-        "kind": "digits",
-        "max_per_class": 40,
-        "split": {"val_fraction": 0.2, "test_fraction": 0.25, "seed": 0},
-    },
-    "preprocess": {"kind": "image", "height": 8, "width": 8, "channels": 1},
-    "model": {"arch": "vit:img=8,patch=2,chans=1,embed=32,depth=1,heads=4"},
-    "train": {"epochs": 3, "batch_size": 32, "lr": 0.003},
-    "plan": {"num_submodels": 2},
-    "grouping": "confusion",
-    "pruning": {"method": "kl", "samples": 32},
-    "distill": {"epochs": 2, "batch_size": 32, "lr": 0.003},
-    "fusion": {"epochs": 3},
-    "threads": 1,
-}
+TINY = tiny_digits(
+    "tiny-digits",
+    train={"epochs": 3, "batch_size": 32, "lr": 0.003},
+    plan={"num_submodels": 2},
+    distill={"epochs": 2, "batch_size": 32, "lr": 0.003},
+    fusion={"epochs": 3},
+)
 
 
 def run(
