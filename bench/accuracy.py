@@ -111,8 +111,10 @@ def _row(out: Path, n: int, fresh_seconds: float | None) -> dict[str, Any]:
     return row
 
 
-def run_dataset(name: str, ns: list[int], log: Any) -> dict[str, Any]:
+def run_dataset(name: str, ns: list[int], log: Any, threads: int | None = None) -> dict[str, Any]:
     recipe, recipe_dir = _recipe(name)
+    if threads is not None:
+        recipe = recipe.model_copy(update={"threads": threads})
     if name == "keywords":
         _ensure_keywords(recipe, recipe_dir)
     cache = WORK / name / "cache"
@@ -191,10 +193,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["digits", "keywords"])
     parser.add_argument("--ns", nargs="+", type=int, default=[5, 1, 2, 3, 10])
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default: the recipe's); 1 on a busy machine"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "accuracy.json")
     args = parser.parse_args()
     started = time.perf_counter()
-    results = [run_dataset(d, args.ns, print) for d in args.datasets]
+    results = [run_dataset(d, args.ns, print, args.threads) for d in args.datasets]
     for res in results:
         res["rows"].sort(key=lambda r: r["n"])
         res["bench_seconds"] = time.perf_counter() - started

@@ -38,6 +38,7 @@ from modelgen.export import (
 )
 from modelgen.fusion_model import FusionMLP
 from modelgen.grouping import affinity, confusion_groups, within_affinity
+from modelgen.inputs import Inputs, LazyInputs, inputs_nbytes
 from modelgen.model import ModelConfig, build_vit, features_and_logits, load_model, save_model
 from modelgen.planning import Plan, contiguous_groups, make_plan
 from modelgen.planning.plan import SubmodelPlan
@@ -58,7 +59,7 @@ class Prepared:
     """The preprocessed splits, the fitted front-end and the split record."""
 
     key: str
-    x: dict[str, np.ndarray]
+    x: dict[str, Inputs]
     y: dict[str, np.ndarray]
     classes: list[str]
     preprocess: dict[str, Any]
@@ -82,6 +83,45 @@ class Sub:
     metrics: dict[str, Any]
 
 
+@dataclass
+class Workspace:
+    """A loaded recipe and where its stages are cached: what every stage reads."""
+
+    recipe: Recipe
+    recipe_dir: Path
+    shape: ViTShape
+    cache: StageCache
+    log: Log
+    device: torch.device
+
+
+def open_workspace(
+    recipe: Recipe, recipe_dir: Path, cache_dir: Path, log: Log = print
+) -> Workspace:
+    """Check the recipe against itself and set torch's threads; stages run on the result."""
+    torch.set_num_threads(recipe.threads)
+    shape = _check_shape(recipe)
+    device = resolve_device(recipe.device)
+    log(f"torch: {device}, {recipe.threads} CPU threads")
+    return Workspace(recipe, recipe_dir, shape, StageCache(cache_dir), log, device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → the first CUDA GPU, else Apple's MPS, else the CPU; a named one must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        name = "mps" if torch.backends.mps.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and (
+        not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+    ):
+        raise BuildError(f"device: {name} requested but torch sees no such CUDA device")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise BuildError("device: mps requested but torch has no MPS backend here")
+    return device
+
+
 def _check_shape(recipe: Recipe) -> ViTShape:
     try:
         shape = parse_arch(recipe.model.arch)
@@ -95,31 +135,35 @@ def _check_shape(recipe: Recipe) -> ViTShape:
     return shape
 
 
-def _stage_data(recipe: Recipe, recipe_dir: Path, cache: StageCache, log: Log) -> Prepared:
+def _stage_data(ws: Workspace) -> Prepared:
+    recipe, recipe_dir, cache, log = ws.recipe, ws.recipe_dir, ws.cache, ws.log
     from modelgen.datasets import load_dataset, split_dataset
     from modelgen.datasets.base import check_preprocess
+    from modelgen.datasets.split import SplitRecord
 
     dataset_spec = recipe.dataset.model_dump(mode="json")
     if "root" in dataset_spec:  # resolved, so the bundle can be re-evaluated from anywhere
         dataset_spec["root"] = str((recipe_dir / dataset_spec["root"]).resolve())
     key = content_key("data", dataset_spec, recipe.preprocess.model_dump(mode="json"))
-    d = cache.path("data", key)
-    if not cache.done("data", key):
+    lazy_key = content_key(key, "lazy")  # a lazy stage keeps labels only: its own directory
+    dataset = None
+    if not cache.done("data", key) and not cache.done("data", lazy_key):
         log("data: loading and preprocessing")
         dataset = load_dataset(recipe.dataset, recipe_dir)
         check_preprocess(
             dataset, recipe.preprocess.kind, getattr(recipe.preprocess, "sample_rate", None)
         )
-
         split, record = split_dataset(dataset, recipe.dataset.split)
-        train_samples = [dataset.samples[i] for i in split.train]
-        spec = fit_normalization(recipe.preprocess, train_samples)
+        spec = fit_normalization(recipe.preprocess, [dataset.samples[i] for i in split.train])
+        lazy = inputs_nbytes(spec, len(dataset)) > recipe.preload_gib * 2**30
         arrays: dict[str, np.ndarray] = {}
         for part in PARTS:
             idx = split.part(part)
-            arrays[f"x_{part}"] = preprocess_batch(spec, [dataset.samples[i] for i in idx])
+            if not lazy:
+                arrays[f"x_{part}"] = preprocess_batch(spec, [dataset.samples[i] for i in idx])
             arrays[f"y_{part}"] = dataset.labels[idx].astype(np.int64)
-        d = cache.begin("data", key)
+        stage = lazy_key if lazy else key
+        d = cache.begin("data", stage)
         save_arrays(arrays, str(d / "arrays.safetensors"))
         meta = {
             "classes": dataset.classes,
@@ -127,14 +171,26 @@ def _stage_data(recipe: Recipe, recipe_dir: Path, cache: StageCache, log: Log) -
             "split": {"dataset": dataset_spec, "record": record.model_dump(mode="json")},
         }
         (d / "meta.json").write_text(json.dumps(meta))
-        cache.finish("data", key)
+        cache.finish("data", stage)
+    lazy = cache.done("data", lazy_key)
+    d = cache.path("data", lazy_key if lazy else key)
     arrays = load_arrays(str(d / "arrays.safetensors"))
     meta = json.loads((d / "meta.json").read_text())
+    x: dict[str, Inputs] = {}
+    if lazy:  # the samples themselves are not cached: read again, the recorded split applied
+        dataset = dataset or load_dataset(recipe.dataset, recipe_dir)
+        split = SplitRecord.model_validate(meta["split"]["record"]).apply(dataset)
+        spec = parse_preprocess(meta["preprocess"])
+        for part in PARTS:
+            x[part] = LazyInputs(spec, [dataset.samples[i] for i in split.part(part)])
+    else:
+        x = {p: arrays[f"x_{p}"] for p in PARTS}
     sizes = {p: len(arrays[f"y_{p}"]) for p in PARTS}
-    log(f"data: {len(meta['classes'])} classes, split {sizes}")
+    how = "preprocessed per batch (above preload_gib)" if lazy else "in memory"
+    log(f"data: {len(meta['classes'])} classes, split {sizes}, {how}")
     return Prepared(
         key=key,
-        x={p: arrays[f"x_{p}"] for p in PARTS},
+        x=x,
         y={p: arrays[f"y_{p}"] for p in PARTS},
         classes=meta["classes"],
         preprocess=meta["preprocess"],
@@ -164,9 +220,8 @@ def _load_checkpoint(model: VisionTransformer, recipe: Recipe, recipe_dir: Path)
         )
 
 
-def _stage_base(
-    recipe: Recipe, recipe_dir: Path, shape: ViTShape, data: Prepared, cache: StageCache, log: Log
-) -> Base:
+def _stage_base(ws: Workspace, data: Prepared) -> Base:
+    recipe, shape, cache, log = ws.recipe, ws.shape, ws.cache, ws.log
     key = content_key(
         "base",
         data.key,
@@ -190,7 +245,8 @@ def _stage_base(
             )
         else:
             model = build_vit(config)
-            _load_checkpoint(model, recipe, recipe_dir)
+            _load_checkpoint(model, recipe, ws.recipe_dir)
+        model.to(ws.device)
         start = time.perf_counter()
         losses = fit(
             model,
@@ -213,6 +269,7 @@ def _stage_base(
         (d / "metrics.json").write_text(json.dumps(metrics))
         cache.finish("base", key)
     model, _ = load_model(d / "base.safetensors")
+    model.to(ws.device)
     metrics = json.loads((d / "metrics.json").read_text())
     log(f"base: test accuracy {metrics['test_acc']:.4f}")
     return Base(key, model, load_arrays(str(d / "logits.safetensors")), metrics)
@@ -243,15 +300,8 @@ def _groups(
     return chosen, info
 
 
-def _stage_submodel(
-    recipe: Recipe,
-    shape: ViTShape,
-    base: Base,
-    data: Prepared,
-    sp: SubmodelPlan,
-    cache: StageCache,
-    log: Log,
-) -> Sub:
+def _stage_submodel(ws: Workspace, base: Base, data: Prepared, sp: SubmodelPlan) -> Sub:
+    recipe, shape, cache, log = ws.recipe, ws.shape, ws.cache, ws.log
     key = content_key(
         "sub",
         base.key,
@@ -269,7 +319,7 @@ def _stage_submodel(
         config = ModelConfig(shape.with_heads(sp.heads), sp.outputs)
         if recipe.pruning.method == PruneMethod.random_init:
             seed_everything(seed)
-            model = build_vit(config)
+            model = build_vit(config).to(ws.device)
         else:
             rng = np.random.default_rng(seed)
             mine = np.flatnonzero(np.isin(data.y["train"], sp.classes))
@@ -304,10 +354,11 @@ def _stage_submodel(
         (d / "metrics.json").write_text(json.dumps(metrics))
         cache.finish("sub", key)
     model, config = load_model(d / "sub.safetensors")
+    model.to(ws.device)
     return Sub(key, sp, model, config, json.loads((d / "metrics.json").read_text()))
 
 
-def _features(sub: Sub, x: np.ndarray) -> np.ndarray:
+def _features(sub: Sub, x: Inputs) -> np.ndarray:
     """The sub-model's CLS pre-logit features, (N, D)."""
     return predict(
         sub.model, x, forward=lambda m, inp: features_and_logits(cast(VisionTransformer, m), inp)[0]
@@ -360,35 +411,15 @@ def _stage_fusion(
     return load_fusion(d / "fusion.safetensors")
 
 
-@dataclass
-class Workspace:
-    """A loaded recipe and where its stages are cached: what every stage reads."""
-
-    recipe: Recipe
-    recipe_dir: Path
-    shape: ViTShape
-    cache: StageCache
-    log: Log
-
-
-def open_workspace(
-    recipe: Recipe, recipe_dir: Path, cache_dir: Path, log: Log = print
-) -> Workspace:
-    """Check the recipe against itself and set torch's threads; stages run on the result."""
-    torch.set_num_threads(recipe.threads)
-    shape = _check_shape(recipe)
-    return Workspace(recipe, recipe_dir, shape, StageCache(cache_dir), log)
-
-
 def prepare(ws: Workspace) -> tuple[Prepared, Base]:
     """The data and the trained base model (cached)."""
-    data = _stage_data(ws.recipe, ws.recipe_dir, ws.cache, ws.log)
-    return data, _stage_base(ws.recipe, ws.recipe_dir, ws.shape, data, ws.cache, ws.log)
+    data = _stage_data(ws)
+    return data, _stage_base(ws, data)
 
 
 def train_submodel(ws: Workspace, base: Base, data: Prepared, sp: SubmodelPlan) -> Sub:
     """One sub-model: pruned from the base for its group, then distilled (cached)."""
-    return _stage_submodel(ws.recipe, ws.shape, base, data, sp, ws.cache, ws.log)
+    return _stage_submodel(ws, base, data, sp)
 
 
 def build(
@@ -462,6 +493,8 @@ def _export(
 ) -> Manifest:
     shutil.rmtree(out / "submodels", ignore_errors=True)
     sample = torch.from_numpy(data.x["test"][:4])
+    for model in (base.model, *(s.model for s in subs)):
+        model.cpu()  # ONNX export and its parity check with ONNX Runtime run on the CPU
     entries = []
     for s in subs:
         onnx_ref, st_ref = export_submodel(s.model, s.config, out, s.plan.id, sample)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from edvit.config.recipe import DistillSpec
+from modelgen.inputs import Inputs
 from modelgen.train import LossFn, fit
 
 
@@ -53,7 +54,7 @@ def distill_loss(spec: DistillSpec, group: Sequence[int], outputs: int) -> LossF
 
 def distill(
     student: nn.Module,
-    x: np.ndarray,
+    x: Inputs,
     labels: np.ndarray,
     teacher_logits: np.ndarray,
     group: Sequence[int],

@@ -1,7 +1,8 @@
 """One training loop for every stage: AdamW, linear warm-up then cosine decay, random shifts.
 
 The base model, the distilled sub-models and the fusion MLP differ only in their targets
-and loss, so they share `fit`; `predict` runs any model over an array in batches.
+and loss, so they share `fit`; `predict` runs any model over inputs in batches. Both run
+where the model's parameters are (CPU or GPU): batches are made on the CPU and moved there.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from edvit.config.recipe import TrainSpec
+from modelgen.inputs import Inputs
 
 LossFn = Callable[[torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
 
@@ -50,9 +52,14 @@ def _lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (its inputs must go there too)."""
+    return next(model.parameters()).device
+
+
 def fit(
     model: nn.Module,
-    x: np.ndarray,
+    x: Inputs,
     targets: Mapping[str, np.ndarray],
     loss_fn: LossFn,
     spec: TrainSpec,
@@ -67,7 +74,7 @@ def fit(
     total = steps_per_epoch * spec.epochs
     warmup = round(spec.warmup_epochs * steps_per_epoch)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    xt = torch.from_numpy(x)
+    device = device_of(model)
     tt = {k: torch.from_numpy(v) for k, v in targets.items()}
     run = forward or (lambda m, inp: m(inp))
     losses: list[float] = []
@@ -78,12 +85,13 @@ def fit(
         total_loss = 0.0
         for start in range(0, n, spec.batch_size):
             idx = order[start : start + spec.batch_size]
-            xb = xt[idx]
+            xb = torch.from_numpy(np.ascontiguousarray(x[idx.numpy()]))
             if spec.augment and xb.ndim == 4:
                 xb = random_shift(xb, spec.shift, gen)
+            xb = xb.to(device, non_blocking=True)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, warmup, spec.lr)
-            loss = loss_fn(run(model, xb), {k: v[idx] for k, v in tt.items()})
+            loss = loss_fn(run(model, xb), {k: v[idx].to(device) for k, v in tt.items()})
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
@@ -97,15 +105,16 @@ def fit(
 @torch.no_grad()
 def predict(
     model: nn.Module,
-    x: np.ndarray,
+    x: Inputs,
     batch_size: int = 256,
     forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Model outputs over `x` in batches, as float32 numpy."""
     model.eval()
+    device = device_of(model)
     run = forward or (lambda m, inp: m(inp))
     outs = [
-        run(model, torch.from_numpy(x[i : i + batch_size])).float().numpy()
+        run(model, torch.from_numpy(x[i : i + batch_size]).to(device)).float().cpu().numpy()
         for i in range(0, len(x), batch_size)
     ]
     return np.concatenate(outs) if outs else np.zeros((0,), np.float32)

@@ -126,6 +126,51 @@ def test_recipe_errors_name_the_key(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_preprocessing_per_batch_builds_the_same_bundle(
+    bundle: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    """`preload_gib: 0` streams every split through preprocessing: same models, same bytes."""
+    _, out, eager_log = bundle
+    assert "in memory" in eager_log
+    recipe = write_recipe(tmp_path / "lazy.yaml", dict(TINY, preload_gib=0))
+    lazy = tmp_path / "lazy"
+    log = run("modelgen", "build", str(recipe), "--out", str(lazy)).stderr
+    assert "preprocessed per batch (above preload_gib)" in log
+
+    def hashes(bundle_dir: Path) -> dict[str, str]:
+        m = json.loads((bundle_dir / "manifest.json").read_text())
+        files = [m["fusion"]["file"], m["base"]["safetensors"]]
+        files += [s["safetensors"] for s in m["submodels"]]
+        return {f["path"]: f["sha256"] for f in files}
+
+    assert hashes(lazy) == hashes(out)
+    # a rebuild finds the streamed data stage in the cache, and reads the samples again
+    again = run("modelgen", "build", str(recipe), "--out", str(lazy)).stderr
+    assert "data: loading" not in again
+    assert "preprocessed per batch" in again
+
+
+def test_device_is_checked(tmp_path: Path) -> None:
+    import torch
+
+    from modelgen.build import BuildError, resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in {"cpu", "cuda", "mps"}
+    if not torch.cuda.is_available():
+        with pytest.raises(BuildError, match="device: cuda:1 requested"):
+            resolve_device("cuda:1")
+        cuda = write_recipe(tmp_path / "c.yaml", dict(TINY, device="cuda"))
+        proc = run("modelgen", "build", str(cuda), "--out", str(tmp_path / "o"), check=False)
+        assert proc.returncode == 2
+        assert "device: cuda requested" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    gpu = write_recipe(tmp_path / "g.yaml", dict(TINY, device="gpu"))
+    proc = run("modelgen", "build", str(gpu), "--out", str(tmp_path / "o"), check=False)
+    assert proc.returncode == 2
+    assert "device: String should match pattern" in proc.stderr
+
+
 @pytest.mark.slow
 def test_audio_build_on_generated_keywords(tmp_path: Path) -> None:
     words = tmp_path / "words"

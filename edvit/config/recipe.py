@@ -134,3 +134,15 @@ class Recipe(StrictModel):
     distill: DistillSpec = Field(description="Sub-model training from the base model.")
     fusion: FusionSpec = Field(default_factory=FusionSpec, description="The fusion MLP.")
     threads: int = Field(default=2, ge=1, description="CPU threads torch may use.")
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$",
+        description="Where torch trains and prunes: cpu, cuda, cuda:N or mps; auto takes "
+        "the first GPU when torch sees one. Export and evaluation always run on the CPU.",
+    )
+    preload_gib: float = Field(
+        default=4.0,
+        ge=0,
+        description="Hold the preprocessed splits in memory up to this size (float32); a "
+        "bigger dataset is preprocessed batch by batch on every pass instead.",
+    )
