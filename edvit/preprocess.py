@@ -50,7 +50,8 @@ class ImagePreprocess(StrictModel):
         default_factory=lambda: [0.5],
         min_length=1,
         description="Per-channel mean subtracted after scaling to [0, 1]; one value applies to "
-        "every channel. `fit_normalization` measures it on training samples.",
+        "every channel. A build measures it on the training split unless the recipe gives "
+        "mean or std (e.g. a pretrained model's own).",
     )
     std: list[float] = Field(
         default_factory=lambda: [0.5],
@@ -140,7 +141,8 @@ class AudioPreprocess(StrictModel):
     )
     mean: float = Field(
         default=-43.0,
-        description="Mean (dB) subtracted; `fit_normalization` measures it on training clips.",
+        description="Mean (dB) subtracted. A build measures it on the training split unless "
+        "the recipe gives mean or std.",
     )
     std: float = Field(
         default=17.0,

@@ -144,7 +144,10 @@ def _stage_data(ws: Workspace) -> Prepared:
     dataset_spec = recipe.dataset.model_dump(mode="json")
     if "root" in dataset_spec:  # resolved, so the bundle can be re-evaluated from anywhere
         dataset_spec["root"] = str((recipe_dir / dataset_spec["root"]).resolve())
-    key = content_key("data", dataset_spec, recipe.preprocess.model_dump(mode="json"))
+    given = sorted({"mean", "std"} & recipe.preprocess.model_fields_set)  # else measured
+    key = content_key(
+        "data", dataset_spec, recipe.preprocess.model_dump(mode="json"), *([given] if given else [])
+    )
     lazy_key = content_key(key, "lazy")  # a lazy stage keeps labels only: its own directory
     dataset = None
     if not cache.done("data", key) and not cache.done("data", lazy_key):
@@ -154,7 +157,9 @@ def _stage_data(ws: Workspace) -> Prepared:
             dataset, recipe.preprocess.kind, getattr(recipe.preprocess, "sample_rate", None)
         )
         split, record = split_dataset(dataset, recipe.dataset.split)
-        spec = fit_normalization(recipe.preprocess, [dataset.samples[i] for i in split.train])
+        spec = recipe.preprocess
+        if not given:
+            spec = fit_normalization(spec, [dataset.samples[i] for i in split.train])
         lazy = inputs_nbytes(spec, len(dataset)) > recipe.preload_gib * 2**30
         arrays: dict[str, np.ndarray] = {}
         for part in PARTS:

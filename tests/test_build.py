@@ -150,6 +150,24 @@ def test_preprocessing_per_batch_builds_the_same_bundle(
     assert "preprocessed per batch" in again
 
 
+def test_normalisation_is_measured_unless_the_recipe_gives_it(tmp_path: Path) -> None:
+    from edvit.config import load_config
+    from edvit.config.recipe import Recipe
+    from modelgen.build import _stage_data, open_workspace
+
+    def stats(recipe: dict[str, Any]) -> tuple[list[float], list[float]]:
+        path = write_recipe(tmp_path / "r.yaml", recipe)
+        ws = open_workspace(load_config(path, Recipe), tmp_path, tmp_path / "cache", lambda _: None)
+        spec = _stage_data(ws).preprocess
+        return spec["mean"], spec["std"]
+
+    mean, std = stats(TINY)
+    assert 0.1 < mean[0] < 0.5  # digits: mostly dark 8x8 images
+    assert 0.2 < std[0] < 0.5
+    given = dict(TINY, preprocess={**TINY["preprocess"], "mean": [0.5], "std": [0.25]})
+    assert stats(given) == ([0.5], [0.25])
+
+
 def test_device_is_checked(tmp_path: Path) -> None:
     import torch
 
