@@ -94,6 +94,10 @@ def test_good_config(tmp_path: Path) -> None:
             "nodes.cam-1.publish_frames: true (line 8)",
         ),
         (
+            lambda s: s.replace("camera: cam-1}", "camera: cam-1, wait: 0.5}"),
+            "nodes.pi-2.source.wait: 0.5 s is not shorter than tick.period_s 0.5 s",
+        ),
+        (
             lambda s: s.replace("camera: cam-1}", "camera: cam-9}"),
             "nodes.pi-2.source.camera: no node 'cam-9' in nodes",
         ),

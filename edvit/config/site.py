@@ -257,7 +257,8 @@ class RelaySource(StrictModel):
         default=0.2,
         gt=0,
         le=60,
-        description="Seconds to wait for the tick's frame before the tick is skipped.",
+        description="Seconds to wait for the tick's frame before the tick is skipped; "
+        "shorter than tick.period_s.",
     )
 
 
@@ -340,6 +341,13 @@ class SiteConfig(StrictModel):
                     loc,
                     f"node {cam!r} does not publish frames; set nodes.{cam}.publish_frames: true",
                     cam,
+                )
+            if node.source.wait >= self.tick.period_s:
+                raise _invalid(
+                    ("nodes", node_id, "source", "wait"),
+                    f"{node.source.wait:g} s is not shorter than tick.period_s "
+                    f"{self.tick.period_s:g} s: one missing frame would overrun every later tick",
+                    node.source.wait,
                 )
         in_flight = math.ceil(self.tick.deadline_s / self.tick.period_s) + 1
         if self.aggregator.buffer_ticks < in_flight:
