@@ -136,10 +136,11 @@ def _check_shape(recipe: Recipe) -> ViTShape:
 
 
 def _stage_data(ws: Workspace) -> Prepared:
-    recipe, recipe_dir, cache, log = ws.recipe, ws.recipe_dir, ws.cache, ws.log
     from modelgen.datasets import load_dataset, split_dataset
     from modelgen.datasets.base import check_preprocess
     from modelgen.datasets.split import SplitRecord
+
+    recipe, recipe_dir, cache, log = ws.recipe, ws.recipe_dir, ws.cache, ws.log
 
     dataset_spec = recipe.dataset.model_dump(mode="json")
     if "root" in dataset_spec:  # resolved, so the bundle can be re-evaluated from anywhere
@@ -177,7 +178,7 @@ def _stage_data(ws: Workspace) -> Prepared:
         }
         (d / "meta.json").write_text(json.dumps(meta))
         cache.finish("data", stage)
-    lazy = cache.done("data", lazy_key)
+    lazy = not cache.done("data", key)  # the preprocessed arrays, when cached, are faster
     d = cache.path("data", lazy_key if lazy else key)
     arrays = load_arrays(str(d / "arrays.safetensors"))
     meta = json.loads((d / "meta.json").read_text())
