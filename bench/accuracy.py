@@ -5,10 +5,12 @@ softmax accuracy, fused accuracy with one sub-model dropped (on the other groups
 per-sub-model size and ONNX latency ratios to the base model, build wall time, and the
 baseline a user would pick instead: one model of the N-th sub-model's size, pruned from the
 same base and distilled on all classes. At N = 5 it also compares pruning (KL vs magnitude vs
-random init) and grouping (confusion vs contiguous). Keyword bundles are also evaluated on a
-second corpus (`modelgen dataset keywords --seed 1`). Run on purpose, not in the tests:
+random init) and grouping (confusion vs contiguous); `--grouping-seeds` repeats the grouping
+comparison over training seeds. Keyword bundles are also evaluated on a second corpus
+(`modelgen dataset keywords --seed 1`). Run on purpose, not in the tests:
 
     .venv/bin/python bench/accuracy.py [--datasets digits keywords] [--ns 1 2 3 5 10]
+    .venv/bin/python bench/accuracy.py --grouping-seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -117,10 +119,42 @@ def _row(out: Path, n: int, fresh_seconds: float | None) -> dict[str, Any]:
     return row
 
 
-def run_dataset(name: str, ns: list[int], log: Any, threads: int | None = None) -> dict[str, Any]:
+def _load(name: str, threads: int | None) -> tuple[Recipe, Path]:
     recipe, recipe_dir = _recipe(name)
     if threads is not None:
         recipe = recipe.model_copy(update={"threads": threads})
+    return recipe, recipe_dir
+
+
+def grouping_by_seed(name: str, seeds: list[int], log: Any, threads: int | None) -> dict[str, Any]:
+    """Fused accuracy at N = 5 with confusion vs contiguous groups, one pair of builds a seed.
+
+    The seed changes every training draw (the base model's too) but not the split, so each
+    pair is scored on the same test samples and the difference is paired.
+    """
+    recipe, recipe_dir = _load(name, threads)
+    rows = []
+    for seed in seeds:
+        row: dict[str, Any] = {"seed": seed}
+        for grouping in Grouping:
+            r = _with(recipe, num_submodels=5, devices=None)
+            r = r.model_copy(update={"seed": seed, "grouping": grouping})
+            out = WORK / name / f"n5-{grouping.value}-seed{seed}"
+            metrics = build(r, recipe_dir, out, log, WORK / name / "cache").metrics
+            row["base_acc"] = metrics["base_acc"]
+            row[grouping.value] = metrics["fused_acc"]
+        rows.append(row)
+        log(f"{name} seed {seed}: {json.dumps(row)}")
+    diffs = np.array([r["confusion"] - r["contiguous"] for r in rows])
+    return {
+        "rows": rows,
+        "confusion_minus_contiguous_mean": float(diffs.mean()),
+        "confusion_minus_contiguous_sd": float(diffs.std(ddof=1)) if len(diffs) > 1 else None,
+    }
+
+
+def run_dataset(name: str, ns: list[int], log: Any, threads: int | None = None) -> dict[str, Any]:
+    recipe, recipe_dir = _load(name, threads)
     if name == "keywords":
         _ensure_keywords(recipe, recipe_dir)
     cache = WORK / name / "cache"
@@ -205,8 +239,25 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, help="torch threads (default: the recipe's); 1 on a busy machine"
     )
+    parser.add_argument(
+        "--grouping-seeds",
+        nargs="+",
+        type=int,
+        help="instead: confusion vs contiguous grouping at N = 5 for these seeds, added to "
+        "the datasets' results already in --out",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "accuracy.json")
     args = parser.parse_args()
+    if args.grouping_seeds:
+        found = {r["dataset"]: r for r in json.loads(args.out.read_text())["results"]}
+        for name in args.datasets:
+            if name not in found:
+                parser.error(f"{args.out} has no {name} results yet: run the benchmark first")
+            found[name]["grouping_by_seed"] = grouping_by_seed(
+                name, args.grouping_seeds, print, args.threads
+            )
+        merge(args.out, list(found.values()))
+        return
     started = time.perf_counter()
     results = [run_dataset(d, args.ns, print, args.threads) for d in args.datasets]
     for res in results:
