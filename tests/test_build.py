@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from tiny import tiny_digits
+from tiny import tiny_digits, tiny_keywords_data
 
 BIN = Path(sys.executable).parent
 
@@ -196,13 +196,7 @@ def test_audio_build_on_generated_keywords(tmp_path: Path) -> None:
     recipe = dict(
         TINY,
         name="tiny-keywords",
-        dataset={
-            "kind": "audiofolder",
-            "root": "words",
-            "classes": ["yes", "no", "up", "down"],
-            "split": {"val_fraction": 0.25, "test_fraction": 0.25, "seed": 0},
-        },
-        preprocess={"kind": "audio", "n_mels": 16, "hop_length": 500, "n_frames": 32},
+        **tiny_keywords_data(),
         model={"arch": "vit:img=16x32,patch=4,chans=1,embed=32,depth=1,heads=4"},
     )
     out = tmp_path / "bundle"

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 from broker import Mosquitto, mosquitto_binary
+from tiny import tiny_keywords_data
 
 BIN = Path(sys.executable).parent
 SITE = "sys"
@@ -67,13 +68,7 @@ DIGITS = {  # ~10 s to build; ~60 % fused accuracy, predictions spread over the 
 KEYWORDS = dict(
     DIGITS,
     name="tiny-keywords-system",
-    dataset={
-        "kind": "audiofolder",
-        "root": "words",
-        "classes": ["yes", "no", "up", "down"],
-        "split": {"val_fraction": 0.25, "test_fraction": 0.25, "seed": 0},
-    },
-    preprocess={"kind": "audio", "n_mels": 16, "hop_length": 500, "n_frames": 32},
+    **tiny_keywords_data(),
     model={"arch": "vit:img=16x32,patch=4,chans=1,embed=64,depth=1,heads=8"},
 )
 

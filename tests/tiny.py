@@ -36,6 +36,19 @@ def tiny_digits(name: str, **changes: Any) -> dict[str, Any]:
     return recipe
 
 
+def tiny_keywords_data(root: str = "words") -> dict[str, Any]:
+    """The dataset and preprocess sections of a 4-word recipe on generated keyword clips."""
+    return {
+        "dataset": {
+            "kind": "audiofolder",
+            "root": root,
+            "classes": ["yes", "no", "up", "down"],
+            "split": {"val_fraction": 0.25, "test_fraction": 0.25, "seed": 0},
+        },
+        "preprocess": {"kind": "audio", "n_mels": 16, "hop_length": 500, "n_frames": 32},
+    }
+
+
 def build_bundle(root: Path, recipe: dict[str, Any], timeout: float = 600) -> Path:
     """`modelgen build` of `recipe` into `root/bundle`, as a user runs it."""
     path = root / "recipe.yaml"
