@@ -21,7 +21,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 import msgpack
 import numpy as np
@@ -44,19 +44,7 @@ Reason = Literal[
     "non_finite",
     "tick_range",
 ]
-REASONS: Final[tuple[Reason, ...]] = (
-    "oversized",
-    "malformed",
-    "schema",
-    "version",
-    "site",
-    "unknown_sub",
-    "model_hash",
-    "dtype",
-    "shape",
-    "non_finite",
-    "tick_range",
-)
+REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 
 FEATURE_KEYS: Final = frozenset(
     ("v", "site", "node", "sub", "tick", "ts", "seq", "model", "dtype", "shape", "feat")

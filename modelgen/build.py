@@ -150,7 +150,7 @@ def _stage_data(ws: Workspace) -> Prepared:
         "data", dataset_spec, recipe.preprocess.model_dump(mode="json"), *([given] if given else [])
     )
     lazy_key = content_key(key, "lazy")  # a lazy stage keeps labels only: its own directory
-    dataset = None
+    dataset, split = None, None
     if not cache.done("data", key) and not cache.done("data", lazy_key):
         log("data: loading and preprocessing")
         dataset = load_dataset(recipe.dataset, recipe_dir)
@@ -184,8 +184,9 @@ def _stage_data(ws: Workspace) -> Prepared:
     meta = json.loads((d / "meta.json").read_text())
     x: dict[str, Inputs] = {}
     if lazy:  # the samples themselves are not cached: read again, the recorded split applied
-        dataset = dataset or load_dataset(recipe.dataset, recipe_dir)
-        split = SplitRecord.model_validate(meta["split"]["record"]).apply(dataset)
+        if dataset is None or split is None:
+            dataset = load_dataset(recipe.dataset, recipe_dir)
+            split = SplitRecord.model_validate(meta["split"]["record"]).apply(dataset)
         spec = parse_preprocess(meta["preprocess"])
         for part in PARTS:
             x[part] = LazyInputs(spec, [dataset.samples[i] for i in split.part(part)])
