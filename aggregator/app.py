@@ -12,26 +12,24 @@ raises out of the worker and never holds up other ticks.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
-
-import numpy as np
 
 from aggregator.alignment import Aligner, Emitted
 from aggregator.fusion import Fuser
 from edvit import sdnotify, topics
 from edvit.bundle import Bundle, load_bundle
 from edvit.config.site import SiteConfig
+from edvit.jsonfmt import compact_json
 from edvit.mqtt import Message, MqttClient
 from edvit.service import spawn, wait_for_broker
+from edvit.stats import LogThrottle, Window
 from edvit.wire import REASONS, WireError, decode_features, encode_result
 
 log = logging.getLogger("aggregator")
@@ -40,7 +38,6 @@ FEATURE_QOS = 1
 RESULT_QOS = 1
 LATENCY_WINDOW = 1000  # results the latency percentiles are taken over
 HEARTBEAT_MAX_S = 0.25  # the worker wakes at least this often
-LOG_EVERY_S = 10.0  # bad messages of one reason are logged at most this often
 
 
 def discovery_config(cfg: SiteConfig) -> tuple[str, dict[str, Any]]:
@@ -92,13 +89,6 @@ def discovery_config(cfg: SiteConfig) -> tuple[str, dict[str, Any]]:
     return f"{ha.discovery_prefix}/sensor/{object_id}/config", payload
 
 
-def _percentiles(values: deque[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p99": None}
-    p50, p99 = np.percentile(np.fromiter(values, dtype=np.float64), [50, 99])
-    return {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}
-
-
 class Aggregator:
     """One site's aggregator; `start()` then `stop()` (see the module docstring)."""
 
@@ -134,10 +124,9 @@ class Aggregator:
         self._fused = 0
         self._errors = 0
         self._dropped: dict[str, int] = dict.fromkeys(REASONS, 0)
-        self._latency: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self._overhead: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self._last_log: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._latency = Window(LATENCY_WINDOW)
+        self._overhead = Window(LATENCY_WINDOW)
+        self._drop_log = LogThrottle(log)
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -205,7 +194,7 @@ class Aggregator:
         )
         if self.cfg.aggregator.home_assistant.enabled:
             topic, payload = discovery_config(self.cfg)
-            client.publish_on_connect(topic, _json_bytes(payload))
+            client.publish_on_connect(topic, compact_json(payload))
         return client
 
     # --- worker -------------------------------------------------------------------------------
@@ -278,9 +267,9 @@ class Aggregator:
         overhead_ms = (time.monotonic() - tick.last_received) * 1e3
         with self._lock:
             self._fused += 1
-            self._latency.append(latency_ms)
+            self._latency.add(latency_ms)
             if tick.complete:
-                self._overhead.append(overhead_ms)
+                self._overhead.add(overhead_ms)
         if self.print_results:
             state = "complete" if tick.complete else "partial, missing " + ",".join(tick.missing)
             print(
@@ -290,16 +279,8 @@ class Aggregator:
             )
 
     def _log_drop(self, exc: WireError, topic: str) -> None:
-        """Log a refused message, at most once per reason every LOG_EVERY_S (floods happen)."""
-        now = time.monotonic()
-        last = self._last_log.get(exc.reason)
-        if last is not None and now - last < LOG_EVERY_S:
-            self._suppressed[exc.reason] = self._suppressed.get(exc.reason, 0) + 1
-            return
-        self._last_log[exc.reason] = now
-        more = self._suppressed.pop(exc.reason, 0)
-        suffix = f" (+{more} more since the last report)" if more else ""
-        log.warning("dropped a message on %s: %s%s", topic[:200], exc, suffix)
+        """Log a refused message, throttled per reason (floods happen)."""
+        self._drop_log.warn(exc.reason, "dropped a message on %s: %s", topic[:200], exc)
 
     # --- timer: stats and watchdog ------------------------------------------------------------
 
@@ -338,12 +319,8 @@ class Aggregator:
                 "duplicate": aligner.duplicate if aligner is not None else 0,
                 "pending": aligner.pending if aligner is not None else 0,
                 "dropped": dropped,
-                "latency_ms": _percentiles(self._latency),
-                "overhead_ms": _percentiles(self._overhead),
+                "latency_ms": self._latency.percentiles(),
+                "overhead_ms": self._overhead.percentiles(),
                 "reconnects": client.reconnects if client is not None else 0,
                 "connected": client.connected if client is not None else False,
             }
-
-
-def _json_bytes(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

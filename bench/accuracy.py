@@ -25,9 +25,9 @@ import numpy as np
 
 from edvit.config import load_config
 from edvit.config.recipe import Grouping, PruneMethod, Recipe
+from edvit.plan import SubmodelPlan
 from modelgen.build import Workspace, build, open_workspace, prepare, train_submodel
 from modelgen.evaluate import evaluate_bundle
-from modelgen.planning.plan import SubmodelPlan
 from modelgen.sizing import BYTES_PER_PARAM, MIB, count_macs, count_params
 from modelgen.train import accuracy, predict
 

@@ -70,7 +70,7 @@ def make_bundle(out: Path) -> Path:
             preprocess={"kind": "image", "height": 8, "width": 8, "channels": 1},
             submodels=entries,
             fusion=fusion_entry(fusion, export_fusion(fusion, out)),
-            plan=plan.to_json(),
+            plan=plan,
             split={},
             metrics={},
         ),

@@ -26,20 +26,20 @@ from typing import Any
 
 import numpy as np
 import paho.mqtt.client as paho
-from pydantic import ValidationError
 
-from edge_node.runner import LatencyStats, SubmodelRunner
+from edge_node.runner import SubmodelRunner, latency_summary
 from edge_node.sources import RelaySource, ReplaySource, Source, SourceError, encode_jpeg
 from edge_node.sources import source_for_spec as make_source_for_spec
 from edge_node.tick import TickSchedule
 from edvit import sdnotify, topics
-from edvit.bundle import Bundle, BundleError, load_bundle
+from edvit.bundle import Bundle, load_bundle
 from edvit.config import ConfigError
 from edvit.config.site import NodeConfig, SiteConfig, node_submodels
 from edvit.mqtt import Message, MqttClient
-from edvit.preprocess import AudioPreprocess, ImagePreprocess, parse_preprocess, preprocess
+from edvit.preprocess import AudioPreprocess, ImagePreprocess, preprocess
 from edvit.preprocess import warm_up_audio as warm_up_audio_frontend
 from edvit.service import StartError, spawn, wait_for_broker
+from edvit.stats import LogThrottle, Window
 from edvit.wire import WireError, decode_frame, encode_features, encode_frame
 
 log = logging.getLogger("edge_node")
@@ -49,27 +49,6 @@ FRAME_QOS = 0  # a relayed frame is useful for one tick only: never retransmit a
 STATS_QOS = 0
 MAX_FRAME_BYTES = 8 << 20  # a relayed JPEG frame larger than this is refused unread
 WAIT_SLICE_S = 0.5  # the tick thread re-reads the wall clock (NTP steps) at least this often
-LOG_EVERY_S = 10.0  # a recurring tick error is logged at most this often
-
-
-class _Throttle:
-    """Logs a recurring problem once per LOG_EVERY_S with the count of those suppressed:
-    a broken camera at 30 ticks/s must not flood the journal."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warn(self, key: str, message: str, *args: Any, exc_info: bool = False) -> None:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < LOG_EVERY_S:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        self._last[key] = now
-        more = self._suppressed.pop(key, 0)
-        suffix = f" (+{more} more since the last report)" if more else ""
-        log.warning(message + suffix, *args, exc_info=exc_info)
 
 
 class EdgeNode:
@@ -124,8 +103,8 @@ class EdgeNode:
         self._frames_rejected = 0
         self._last_tick: int | None = None
         self._seq = 0
-        self._tick_time = LatencyStats()
-        self._throttle = _Throttle()
+        self._tick_time = Window()
+        self._throttle = LogThrottle(log)
 
     @property
     def node(self) -> NodeConfig:
@@ -166,7 +145,7 @@ class EdgeNode:
             )
         self.bundle = self._load_bundle()
         self.sub_ids = self._resolve_submodels(self.bundle)
-        self.spec = self._preprocess_spec(self.bundle)
+        self.spec = self.bundle.manifest.preprocess
         self.runner = SubmodelRunner(self.bundle, self.sub_ids, threads=self.node.threads)
         self.source = self._make_source(self.spec)
 
@@ -206,16 +185,6 @@ class EdgeNode:
             raise ConfigError(self.config_source, exc.problems) from None
         self._hashes = {s: bundle.model_hash(s) for s in subs}
         return subs
-
-    def _preprocess_spec(self, bundle: Bundle) -> ImagePreprocess | AudioPreprocess:
-        try:
-            return parse_preprocess(bundle.manifest.preprocess)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise BundleError(
-                [f"{bundle.root / 'manifest.json'}: preprocess.{where}: {first['msg']}"]
-            ) from None
 
     def _make_source(self, spec: ImagePreprocess | AudioPreprocess) -> Source:
         """The configured source, checked against the model's input (not opened yet)."""
@@ -420,7 +389,7 @@ class EdgeNode:
                     for s, v in summary["per_submodel"].items()
                 },
             }
-        work = self._tick_time.summary()
+        work = latency_summary(self._tick_time)
         source_stats: dict[str, Any] = {}
         if source is not None:
             source_stats = {"kind": source.kind, "name": source.name, **source.stats.as_dict()}

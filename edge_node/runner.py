@@ -10,9 +10,7 @@ trained on. Inference time is recorded per call for the node's p50/p99 stats.
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edvit.bundle import Bundle, SubmodelEntry
+from edvit.onnx import ort_session
+from edvit.stats import Window
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -28,51 +28,10 @@ class RunnerError(Exception):
     """A sub-model that cannot be hosted: names the bundle file or sub-model at fault."""
 
 
-class LatencyStats:
-    """Durations of the last `window` calls → p50/p99 in ms, in fixed memory."""
-
-    def __init__(self, window: int = 1024) -> None:
-        self._recent: deque[float] = deque(maxlen=window)
-        self._count = 0
-        self._lock = threading.Lock()  # the stats publisher reads while the tick loop adds
-
-    def add(self, seconds: float) -> None:
-        with self._lock:
-            self._recent.append(seconds)
-            self._count += 1
-
-    @property
-    def count(self) -> int:
-        """Calls recorded since construction (not only those in the window)."""
-        return self._count
-
-    def summary(self) -> dict[str, float | int | None]:
-        """`count`, and `p50_ms`, `p99_ms`, `max_ms` over the window (None before any call)."""
-        with self._lock:
-            recent = np.asarray(self._recent, dtype=np.float64) * 1000.0
-            count = self._count
-        if recent.size == 0:
-            return {"count": count, "p50_ms": None, "p99_ms": None, "max_ms": None}
-        p50, p99 = np.percentile(recent, [50, 99])
-        return {
-            "count": count,
-            "p50_ms": round(float(p50), 3),
-            "p99_ms": round(float(p99), 3),
-            "max_ms": round(float(recent.max()), 3),
-        }
-
-
-def _session(model_bytes: bytes, threads: int) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if threads > 1:
-        # Idle pool threads otherwise spin between ticks, stealing the capture thread's core.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+def latency_summary(window: Window) -> dict[str, float | int | None]:
+    """`count`, and `p50_ms`, `p99_ms`, `max_ms` of the recent calls (None before any call)."""
+    ms = window.percentiles(scale=1000.0)
+    return {"count": window.count, **{f"{k}_ms": v for k, v in ms.items()}}
 
 
 class SubmodelRunner:
@@ -109,8 +68,8 @@ class SubmodelRunner:
         self._sessions: dict[str, Any] = {}
         for sub_id, entry in self.entries.items():
             self._sessions[sub_id] = self._load(sub_id, entry)
-        self.latency = LatencyStats()
-        self.latency_per_submodel = {s: LatencyStats() for s in self.sub_ids}
+        self.latency = Window()
+        self.latency_per_submodel = {s: Window() for s in self.sub_ids}
 
     def _load(self, sub_id: str, entry: SubmodelEntry) -> Any:
         path = self.bundle.path(entry.onnx)
@@ -125,7 +84,7 @@ class SubmodelRunner:
                 f"{entry.onnx.sha256[:12]}…, got {digest[:12]}…); the bundle was altered"
             )
         try:
-            session = _session(data, self.threads)
+            session = ort_session(data, self.threads)
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph…)
             raise RunnerError(
                 f"{path}: ONNX Runtime cannot load sub-model {sub_id}: {exc}"
@@ -197,6 +156,8 @@ class SubmodelRunner:
     def stats(self) -> dict[str, Any]:
         """Inference ms of whole `run` calls and per sub-model: for the node's stats topic."""
         return {
-            **self.latency.summary(),
-            "per_submodel": {s: self.latency_per_submodel[s].summary() for s in self.sub_ids},
+            **latency_summary(self.latency),
+            "per_submodel": {
+                s: latency_summary(self.latency_per_submodel[s]) for s in self.sub_ids
+            },
         }

@@ -23,14 +23,18 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, Field, ValidationError, field_validator, model_validator
 
 from edvit.config.base import StrictModel
+from edvit.config.dataset import SplitSection
 from edvit.config.loader import key_path
+from edvit.ids import Id
+from edvit.jsonfmt import compact_json
+from edvit.plan import Plan
+from edvit.preprocess import PreprocessSpec
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 MODEL_HASH_LEN = 16  # hex characters of the ONNX sha256 that identify a sub-model on the wire
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is kilobytes; refuse to parse anything huge
 
-_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # also an MQTT topic level: no '/', '+', '#'
 _PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -118,7 +122,7 @@ class BaseEntry(StrictModel):
 class SubmodelEntry(StrictModel):
     """One class-specific sub-model: what a node runs and what the aggregator expects from it."""
 
-    id: str = Field(pattern=_ID, max_length=64, description="Sub-model id, e.g. g0 (topic level).")
+    id: Id = Field(description="Sub-model id, e.g. g0 (topic level).")
     classes: list[int] = Field(
         min_length=1, description="Indices into `classes` this sub-model predicts, in order."
     )
@@ -191,18 +195,18 @@ class FusionEntry(StrictModel):
 class Manifest(StrictModel):
     """`manifest.json`: everything a node, the aggregator or `modelgen eval` needs to know."""
 
-    schema_version: Literal[1] = Field(description="Version of this schema; 1.")
+    schema_version: Literal[1] = Field(description="Version of this schema (SCHEMA_VERSION).")
     created: AwareDatetime = Field(description="When the bundle was built (ISO 8601, with zone).")
     classes: list[str] = Field(min_length=1, description="Class names; index = class id.")
     groups: dict[str, list[int]] = Field(description="Sub-model id → the class indices it owns.")
     base: BaseEntry = Field(description="The base model the sub-models come from.")
-    preprocess: dict[str, Any] = Field(
-        description="Preprocessing spec (validated by edvit.preprocess where it is used)."
+    preprocess: PreprocessSpec = Field(
+        description="The front-end nodes run (edvit.preprocess), parameters as trained."
     )
     submodels: list[SubmodelEntry] = Field(min_length=1, description="The sub-models.")
     fusion: FusionEntry = Field(description="The fusion MLP the aggregator runs.")
-    plan: dict[str, Any] = Field(description="The plan (devices, assignment): Plan.to_json().")
-    split: dict[str, Any] = Field(description="Train/val/test sample sources, to repeat eval.")
+    plan: Plan = Field(description="The plan the build followed (shapes, devices, assignment).")
+    split: SplitSection = Field(description="Train/val/test sample sources, to repeat eval.")
     metrics: dict[str, Any] = Field(
         default_factory=dict, description="Measured results: accuracies, latencies."
     )
@@ -272,9 +276,7 @@ class Manifest(StrictModel):
 
 def canonical_json(data: Any) -> bytes:
     """The bytes the digest covers: sorted keys, no spaces, UTF-8, no NaN/Infinity."""
-    return json.dumps(
-        data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return compact_json(data, sort_keys=True)
 
 
 def manifest_digest(data: dict[str, Any]) -> str:

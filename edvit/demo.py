@@ -141,7 +141,7 @@ def ensure_bundle(opts: DemoOptions, log: TextIO) -> Bundle:
 def node_layout(bundle: Bundle) -> dict[str, list[str]]:
     """Nodes and the sub-models each runs: the plan's devices when it has an assignment,
     else up to three nodes with two sub-models each in order (so hosting several shows)."""
-    assignment: dict[str, str] = bundle.manifest.plan.get("assignment") or {}
+    assignment = bundle.manifest.plan.assignment or {}
     ids = [s.id for s in bundle.manifest.submodels]
     if assignment:
         layout: dict[str, list[str]] = {}
@@ -154,7 +154,7 @@ def node_layout(bundle: Bundle) -> dict[str, list[str]]:
 
 
 def site_config(bundle: Bundle, host: str, port: int, period_s: float) -> dict[str, Any]:
-    audio = bundle.manifest.preprocess.get("kind") == "audio"
+    audio = bundle.manifest.preprocess.kind == "audio"
     source = {
         "kind": "wav" if audio else "images",
         "folder": str((bundle.root / "replay").resolve()),

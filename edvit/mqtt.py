@@ -16,7 +16,6 @@ The rules every long-running part of the site follows (as paho's own examples do
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import queue
 import socket
@@ -31,6 +30,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edvit.config.site import BrokerConfig, broker_password
+from edvit.jsonfmt import compact_json
 from edvit.topics import OFFLINE, ONLINE, STOPPED
 
 log = logging.getLogger(__name__)
@@ -268,8 +268,7 @@ class MqttClient:
         self, topic: str, data: Any, qos: int = 0, retain: bool = False
     ) -> paho.MQTTMessageInfo:
         """`data` as compact UTF-8 JSON (NaN refused: no JSON parser reads it)."""
-        text = json.dumps(data, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-        return self.publish_bytes(topic, text.encode("utf-8"), qos=qos, retain=retain)
+        return self.publish_bytes(topic, compact_json(data), qos=qos, retain=retain)
 
     def stop(self, timeout: float = 3.0) -> None:
         """Publish retained `stopped`, wait (≤ timeout) until it is out, disconnect, end the loop.

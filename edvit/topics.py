@@ -16,34 +16,13 @@ from __future__ import annotations
 
 from typing import Final
 
+from edvit.ids import check_id
+
 PREFIX: Final = "edvit"
 
 ONLINE: Final = "online"
 OFFLINE: Final = "offline"  # the last will: the broker publishes it when the client vanishes
 STOPPED: Final = "stopped"  # a clean exit, published by the client itself before it leaves
-STATUSES: Final = (ONLINE, OFFLINE, STOPPED)
-
-_FORBIDDEN = ("/", "+", "#", "\x00")
-MAX_ID_LEN: Final = 64
-
-
-class TopicError(ValueError):
-    """An id that cannot be used as one MQTT topic level."""
-
-
-def check_id(value: str, what: str = "id") -> str:
-    """`value` if it is usable as one topic level (not empty, no `/`, `+`, `#`, NUL)."""
-    if not isinstance(value, str) or not value:
-        raise TopicError(f"{what} must be a non-empty string, got {value!r}")
-    if len(value) > MAX_ID_LEN:
-        raise TopicError(f"{what} {value[:20]!r}… is longer than {MAX_ID_LEN} characters")
-    bad = [c for c in _FORBIDDEN if c in value]
-    if bad:
-        shown = ", ".join(repr(c) for c in bad)
-        raise TopicError(f"{what} {value!r} contains {shown}; not allowed in an MQTT topic level")
-    if value != value.strip():
-        raise TopicError(f"{what} {value!r} has leading or trailing white space")
-    return value
 
 
 def feat(site: str, sub: str) -> str:

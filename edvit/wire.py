@@ -17,7 +17,6 @@ predictions do not depend on which side of the wire they were computed.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from typing import Any, Final, Literal, get_args
 import msgpack
 import numpy as np
 from numpy.typing import NDArray
+
+from edvit.jsonfmt import compact_json
 
 WIRE_VERSION: Final = 1
 DTYPE: Final = "float16"
@@ -317,5 +318,4 @@ def encode_result(
         "missing": list(missing),
         "latency_ms": round(float(latency_ms), 3),
     }
-    text = json.dumps(data, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-    return text.encode("utf-8")
+    return compact_json(data)

@@ -23,9 +23,10 @@ from safetensors.numpy import load_file as load_arrays
 from safetensors.numpy import save_file as save_arrays
 from timm.models.vision_transformer import VisionTransformer
 
-from edvit.bundle import Manifest, write_manifest
+from edvit.bundle import SCHEMA_VERSION, Manifest, write_manifest
 from edvit.config import DevicesFile, load_config
 from edvit.config.recipe import Grouping, PruneMethod, Recipe
+from edvit.plan import SubmodelPlan
 from edvit.preprocess import fit_normalization, parse_preprocess, preprocess_batch
 from modelgen.cache import StageCache, content_key
 from modelgen.distill import distill
@@ -41,7 +42,6 @@ from modelgen.grouping import affinity, confusion_groups, within_affinity
 from modelgen.inputs import Inputs, LazyInputs, inputs_nbytes
 from modelgen.model import ModelConfig, build_vit, features_and_logits, load_model, save_model
 from modelgen.planning import Plan, contiguous_groups, make_plan
-from modelgen.planning.plan import SubmodelPlan
 from modelgen.pruning import prune_for_group
 from modelgen.train import accuracy, cross_entropy_loss, fit, predict, seed_everything
 from modelgen.vit_shape import ShapeError, ViTShape, parse_arch
@@ -136,9 +136,10 @@ def _check_shape(recipe: Recipe) -> ViTShape:
 
 
 def _stage_data(ws: Workspace) -> Prepared:
+    from edvit.config.dataset import SplitRecord
     from modelgen.datasets import load_dataset, split_dataset
     from modelgen.datasets.base import check_preprocess
-    from modelgen.datasets.split import SplitRecord
+    from modelgen.datasets.split import apply_split
 
     recipe, recipe_dir, cache, log = ws.recipe, ws.recipe_dir, ws.cache, ws.log
 
@@ -186,7 +187,7 @@ def _stage_data(ws: Workspace) -> Prepared:
     if lazy:  # the samples themselves are not cached: read again, the recorded split applied
         if dataset is None or split is None:
             dataset = load_dataset(recipe.dataset, recipe_dir)
-            split = SplitRecord.model_validate(meta["split"]["record"]).apply(dataset)
+            split = apply_split(SplitRecord.model_validate(meta["split"]["record"]), dataset)
         spec = parse_preprocess(meta["preprocess"])
         for part in PARTS:
             x[part] = LazyInputs(spec, [dataset.samples[i] for i in split.part(part)])
@@ -512,7 +513,7 @@ def _export(
     return write_manifest(
         out,
         Manifest(
-            schema_version=1,
+            schema_version=SCHEMA_VERSION,
             created=dt.datetime.now(dt.UTC),
             classes=data.classes,
             groups={s.plan.id: list(s.plan.classes) for s in subs},
@@ -527,7 +528,7 @@ def _export(
             preprocess=data.preprocess,
             submodels=entries,
             fusion=fusion_entry(fusion, fusion_ref),
-            plan=plan.to_json(),
+            plan=plan,
             split=data.split,
             metrics={},
         ),

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from edvit.bundle import BundleError
 from edvit.config import ConfigError, DevicesFile, load_config
+from edvit.plan import Plan
 from modelgen.planning import PlanError, contiguous_groups, make_plan
-from modelgen.planning.plan import Plan
 from modelgen.sizing import vit_stats
 from modelgen.vit_shape import ShapeError, ViTShape, parse_arch
 
@@ -93,7 +93,7 @@ def _cmd_plan(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if args.json:
-        print(json.dumps(plan.to_json()))
+        print(json.dumps(plan.model_dump(mode="json")))
     else:
         _print_plan(plan)
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from edvit.bundle import Bundle, load_bundle
 from edvit.fusion import FusionMLP, softmax
-from edvit.preprocess import parse_preprocess, preprocess_batch
-from modelgen.export import ONNX_INPUT, ONNX_OUTPUTS, ort_session
+from edvit.onnx import ONNX_INPUT, ONNX_OUTPUTS, ort_session
+from edvit.preprocess import preprocess_batch
 
 LATENCY_RUNS = 20
 
@@ -39,22 +39,20 @@ class Samples:
 
 def bundle_samples(bundle: Bundle, data: Path | None = None) -> Samples:
     """The bundle's recorded test split, or every sample of `data` (same kind of dataset)."""
-    from pydantic import TypeAdapter
-
-    from edvit.config.dataset import DatasetSpec
     from modelgen.datasets import load_dataset
-    from modelgen.datasets.split import SplitRecord
+    from modelgen.datasets.split import apply_split
 
-    recorded = dict(bundle.manifest.split["dataset"])
+    recorded = bundle.manifest.split
     if data is None:
-        spec = TypeAdapter(DatasetSpec).validate_python(recorded)
-        dataset = load_dataset(spec)
-        idx = SplitRecord.model_validate(bundle.manifest.split["record"]).apply(dataset).test
+        dataset = load_dataset(recorded.dataset)
+        idx = apply_split(recorded.record, dataset).test
     else:
-        if "root" not in recorded:
-            raise EvalError(f"--data: the bundle's dataset ({recorded['kind']}) has no folder")
-        recorded.update(root=str(data), classes=bundle.manifest.classes, max_per_class=None)
-        dataset = load_dataset(TypeAdapter(DatasetSpec).validate_python(recorded))
+        if not hasattr(recorded.dataset, "root"):
+            raise EvalError(f"--data: the bundle's dataset ({recorded.dataset.kind}) has no folder")
+        other = recorded.dataset.model_copy(
+            update={"root": data, "classes": bundle.manifest.classes, "max_per_class": None}
+        )
+        dataset = load_dataset(other)
         idx = np.arange(len(dataset.labels))
     if dataset.classes != bundle.manifest.classes:
         raise EvalError(f"dataset classes {dataset.classes} != bundle {bundle.manifest.classes}")
@@ -102,7 +100,7 @@ def evaluate_bundle(
     ids = [s.id for s in m.submodels]
     if unknown := sorted(set(drop) - set(ids)):
         raise EvalError(f"--drop {', '.join(unknown)}: the bundle's sub-models are {ids}")
-    spec = parse_preprocess(m.preprocess)
+    spec = m.preprocess
     chosen = bundle_samples(bundle, data)
     labels = chosen.labels
     x = preprocess_batch(spec, chosen.samples)

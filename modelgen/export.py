@@ -17,7 +17,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,14 +26,13 @@ from torch import nn
 from edvit.bundle import BaseEntry, FileRef, FusionEntry, SubmodelEntry, file_ref
 from edvit.fusion import FusionError
 from edvit.fusion import FusionMLP as NumpyFusion
+from edvit.onnx import ONNX_INPUT, ONNX_OUTPUTS, ort_session
+from edvit.plan import SubmodelPlan
 from modelgen.fusion_model import FusionMLP, save_fusion
 from modelgen.model import ModelConfig, features_and_logits, save_model
-from modelgen.planning.plan import SubmodelPlan
 from modelgen.sizing import BYTES_PER_PARAM, MIB, count_macs, count_params, vit_stats
 from modelgen.vit_shape import ViTShape
 
-ONNX_INPUT = "input"
-ONNX_OUTPUTS = ("features", "logits")
 OPSET = 17
 ONNX_ATOL = 1e-4
 FUSION_ATOL = 1e-5
@@ -55,16 +53,6 @@ class _FeaturesAndLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return features_and_logits(self.model, x)
-
-
-def ort_session(onnx_path: Path) -> Any:
-    """An ONNX Runtime session as a node runs it: CPU provider, one intra-op thread."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
 
 def _example_input(config: ModelConfig, batch: int, seed: int = 0) -> torch.Tensor:

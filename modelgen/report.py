@@ -67,7 +67,7 @@ def write_report(directory: str | Path) -> Path:
         f"| base | all | {m.base.num_heads} | {m.base.size_mib:.3f} | {m.base.gmacs:.4f} | "
         f"{base.get('latency_ms', float('nan')):.2f} | – |",
     ]
-    assignment = m.plan.get("assignment") or {}
+    assignment = m.plan.assignment or {}
     for s in subs:
         lines.append(
             f"| {s['id']} | {', '.join(m.classes[c] for c in s['classes'])} | {s['heads']} | "

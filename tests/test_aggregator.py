@@ -68,15 +68,12 @@ class Data:
 
 
 def _test_split(bundle_dir: Path) -> tuple[list[np.ndarray], np.ndarray]:
-    from pydantic import TypeAdapter
-
-    from edvit.config.dataset import DatasetSpec
     from modelgen.datasets import load_dataset
-    from modelgen.datasets.split import SplitRecord
+    from modelgen.datasets.split import apply_split
 
-    manifest = load_bundle(bundle_dir).manifest
-    dataset = load_dataset(TypeAdapter(DatasetSpec).validate_python(manifest.split["dataset"]))
-    idx = SplitRecord.model_validate(manifest.split["record"]).apply(dataset).test
+    split = load_bundle(bundle_dir).manifest.split
+    dataset = load_dataset(split.dataset)
+    idx = apply_split(split.record, dataset).test
     return [dataset.samples[i] for i in idx], dataset.labels[idx]
 
 

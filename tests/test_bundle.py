@@ -20,6 +20,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from edvit.bundle import (
     MANIFEST,
+    SCHEMA_VERSION,
     Bundle,
     BundleError,
     Manifest,
@@ -29,12 +30,12 @@ from edvit.bundle import (
     write_manifest,
 )
 from edvit.fusion import FusionMLP as NumpyFusion
+from edvit.onnx import ort_session
 from modelgen.export import (
     base_entry,
     export_fusion,
     export_submodel,
     fusion_entry,
-    ort_session,
     submodel_entry,
 )
 from modelgen.fusion_model import FusionMLP
@@ -77,16 +78,26 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     base_onnx, base_st = export_submodel(build_vit(base_config).eval(), base_config, root, "base")
     fusion = FusionMLP([s.id for s in subs], [s.feature_dim for s in subs], len(CLASSES)).eval()
     manifest = Manifest(
-        schema_version=1,
+        schema_version=SCHEMA_VERSION,
         created=datetime.now(UTC),
         classes=CLASSES,
         groups={s.id: s.classes for s in subs},
         base=base_entry(BASE, base, len(CLASSES), 0.5, onnx=base_onnx, safetensors=base_st),
-        preprocess={"kind": "image", "size": [8, 8], "channels": 1},
+        preprocess={"kind": "image", "height": 8, "width": 8, "channels": 1},
         submodels=subs,
         fusion=fusion_entry(fusion, export_fusion(fusion, root)),
-        plan=plan.to_json(),
-        split={"dataset": "digits", "seed": 0, "test": [1, 2, 3]},
+        plan=plan,
+        split={
+            "dataset": {"kind": "digits"},
+            "record": {
+                "seed": 0,
+                "val_fraction": 0.0,
+                "test_fraction": 0.5,
+                "train": ["a"],
+                "val": [],
+                "test": ["b", "c"],
+            },
+        },
         metrics={"fused_acc": 0.5},
     )
     written = write_manifest(root, manifest)

@@ -12,9 +12,10 @@ import onnxruntime as ort
 import pytest
 from tiny import build_bundle, tiny_digits
 
-from edge_node.runner import LatencyStats, RunnerError, SubmodelRunner
+from edge_node.runner import RunnerError, SubmodelRunner, latency_summary
 from edvit.bundle import Bundle, load_bundle
-from edvit.preprocess import parse_preprocess, preprocess
+from edvit.preprocess import preprocess
+from edvit.stats import Window
 
 BIN = Path(sys.executable).parent
 
@@ -56,7 +57,7 @@ def plain_session(path: Path) -> ort.InferenceSession:
 
 
 def test_two_submodels_match_plain_onnx_runtime(bundle: Bundle) -> None:
-    spec = parse_preprocess(bundle.manifest.preprocess)
+    spec = bundle.manifest.preprocess
     runner = SubmodelRunner(bundle, ["g0", "g1"])
     assert runner.input_shape == (1, 8, 8)
     runner.warm_up()
@@ -84,7 +85,7 @@ def test_two_submodels_match_plain_onnx_runtime(bundle: Bundle) -> None:
 
 
 def test_threads_and_single_submodel(bundle: Bundle) -> None:
-    x = preprocess(parse_preprocess(bundle.manifest.preprocess), digit_images(1)[0])
+    x = preprocess(bundle.manifest.preprocess, digit_images(1)[0])
     one = SubmodelRunner(bundle, ["g1"]).run(x)
     two_threads = SubmodelRunner(bundle, ["g1", "g0"], threads=2).run(x)
     assert list(two_threads) == ["g1", "g0"]
@@ -126,11 +127,11 @@ def test_onnx_changed_after_load_is_refused(bundle_dir: Path, tmp_path: Path) ->
 
 
 def test_latency_stats_window_is_bounded() -> None:
-    stats = LatencyStats(window=10)
-    assert stats.summary() == {"count": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
+    stats = Window(size=10)
+    assert latency_summary(stats) == {"count": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
     for ms in range(1, 101):
         stats.add(ms / 1000)
-    summary = stats.summary()
+    summary = latency_summary(stats)
     assert summary["count"] == 100
     assert summary["max_ms"] == 100.0
     assert summary["p50_ms"] == pytest.approx(95.5)  # only the last 10 calls: 91…100

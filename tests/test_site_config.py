@@ -216,7 +216,7 @@ def test_with_broker_overrides_host_and_port(tmp_path: Path) -> None:
 
 def manifest(assignment: dict[str, str] | None) -> Any:
     subs = [SimpleNamespace(id=i) for i in ("g0", "g1", "g2")]
-    return SimpleNamespace(submodels=subs, plan={"assignment": assignment})
+    return SimpleNamespace(submodels=subs, plan=SimpleNamespace(assignment=assignment))
 
 
 def test_node_submodels(tmp_path: Path) -> None:

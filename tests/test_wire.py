@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from edvit import topics
+from edvit.ids import IdError
 from edvit.wire import (
     FEATURE_KEYS,
     REASONS,
@@ -319,7 +320,7 @@ def test_topics() -> None:
 
 @pytest.mark.parametrize("bad", ["", "a/b", "a+", "#", "x\x00", " x", "x" * 65])
 def test_topic_levels_are_checked(bad: str) -> None:
-    with pytest.raises(topics.TopicError):
+    with pytest.raises(IdError):
         topics.feat("home", bad)
-    with pytest.raises(topics.TopicError):
+    with pytest.raises(IdError):
         topics.result(bad)

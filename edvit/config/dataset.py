@@ -40,6 +40,32 @@ class SplitSpec(StrictModel):
         return self
 
 
+class SplitRecord(StrictModel):
+    """A split by sample name, as the manifest records it: re-applicable exactly, since
+    indices shift when a folder gains a file but names do not."""
+
+    version: Literal[1] = Field(default=1, description="Format version of this record.")
+    seed: int = Field(description="Seed the split was made with.")
+    val_fraction: float = Field(description="Requested validation share.")
+    test_fraction: float = Field(description="Requested test share.")
+    official_test: bool = Field(
+        default=False, description="True when the test part is the dataset's own test set."
+    )
+    train: list[str] = Field(description="Sources of the training samples, in index order.")
+    val: list[str] = Field(description="Sources of the validation samples, in index order.")
+    test: list[str] = Field(description="Sources of the test samples, in index order.")
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> SplitRecord:
+        seen: dict[str, str] = {}
+        for part in ("train", "val", "test"):
+            for source in getattr(self, part):
+                if source in seen:
+                    raise ValueError(f"sample {source!r} is in both {seen[source]} and {part}")
+                seen[source] = part
+        return self
+
+
 class _DatasetBase(StrictModel):
     classes: list[str] | None = Field(
         default=None,
@@ -137,3 +163,11 @@ DatasetSpec = Annotated[
     DigitsDataset | ImageFolderDataset | AudioFolderDataset | Cifar10Dataset,
     Field(discriminator="kind"),
 ]
+
+
+class SplitSection(StrictModel):
+    """The manifest's `split`: the dataset as built (root resolved) and its recorded split,
+    so that `modelgen eval` can repeat the exact test set from anywhere."""
+
+    dataset: DatasetSpec = Field(description="The recipe's dataset section, root absolute.")
+    record: SplitRecord = Field(description="Which samples went to train, val and test.")

@@ -7,6 +7,7 @@ from enum import StrEnum
 from pydantic import Field, field_validator
 
 from edvit.config.base import StrictModel
+from edvit.ids import Id
 
 
 class DeviceKind(StrEnum):
@@ -16,9 +17,7 @@ class DeviceKind(StrEnum):
 
 
 class Device(StrictModel):
-    id: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        max_length=64,
+    id: Id = Field(
         description="Device id, also the node id of the edge-node that runs on it.",
     )
     memory_mib: float = Field(

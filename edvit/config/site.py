@@ -20,17 +20,15 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from edvit.config.base import StrictModel
 from edvit.config.loader import ConfigError, load_config
+from edvit.ids import Id
 
 if TYPE_CHECKING:
     from edvit.bundle import Manifest
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # also a valid MQTT topic level
 DEFAULT_PASSWORD_ENV = "EDVIT_MQTT_PASSWORD"
 DEFAULT_PASSWORD_CREDENTIAL = "mqtt-password"
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _CREDENTIAL_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
-
-Id = Annotated[str, Field(pattern=ID_PATTERN, max_length=64)]
 
 
 def _invalid(loc: tuple[str | int, ...], message: str, value: Any) -> ValidationError:
@@ -266,7 +264,6 @@ Source = Annotated[
     CameraSource | MicrophoneSource | VideoSource | ImagesSource | WavSource | RelaySource,
     Field(discriminator="kind"),
 ]
-IMAGE_SOURCES = ("camera", "video", "images", "relay")
 
 
 class NodeConfig(StrictModel):
@@ -485,7 +482,7 @@ def node_submodels(cfg: SiteConfig, node_id: str, manifest: Manifest) -> list[st
                 [f"nodes.{node_id}.submodels: {unknown} are not in the bundle (has {ids})"],
             )
         return list(chosen)
-    assignment = manifest.plan.get("assignment") or {}
+    assignment = manifest.plan.assignment or {}
     planned = [s for s in ids if assignment.get(s) == node_id]
     if not planned:
         raise ConfigError(

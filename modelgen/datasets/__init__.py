@@ -13,13 +13,14 @@ from edvit.config.dataset import (
     Cifar10Dataset,
     DigitsDataset,
     ImageFolderDataset,
+    SplitRecord,
 )
 from modelgen.datasets.audiofolder import load_audiofolder
 from modelgen.datasets.base import Dataset, DatasetError, check_preprocess
 from modelgen.datasets.cifar10 import load_cifar10
 from modelgen.datasets.digits import load_digits
 from modelgen.datasets.imagefolder import load_imagefolder
-from modelgen.datasets.split import Split, SplitRecord, split_dataset, stratified_split
+from modelgen.datasets.split import Split, apply_split, split_dataset, stratified_split
 
 AnyDatasetSpec = DigitsDataset | ImageFolderDataset | AudioFolderDataset | Cifar10Dataset
 
@@ -42,6 +43,7 @@ __all__ = [
     "DatasetError",
     "Split",
     "SplitRecord",
+    "apply_split",
     "check_preprocess",
     "load_dataset",
     "split_dataset",

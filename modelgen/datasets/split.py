@@ -1,7 +1,7 @@
 """Deterministic stratified train/val/test splits, recorded by sample name.
 
 Indices are not a durable record (re-reading a folder that gained a file shifts them), so
-a split is saved as the `sources` of each part. `SplitRecord.apply` maps the names back to
+a split is recorded as the `sources` of each part. `apply_split` maps the names back to
 indices of a freshly loaded dataset, which lets `modelgen eval` repeat the exact test set
 of a bundle; a recorded sample that has disappeared is an error naming it.
 """
@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import Field, ValidationError, model_validator
 
-from edvit.config.base import StrictModel
-from edvit.config.dataset import SplitSpec
+from edvit.config.dataset import SplitRecord, SplitSpec
 from modelgen.datasets.base import Dataset, DatasetError, IndexArray
 
 PARTS = ("train", "val", "test")
@@ -105,62 +101,23 @@ def stratified_split(
     return Split(train=cat(train), val=cat(val), test=cat(test))
 
 
-class SplitRecord(StrictModel):
-    """A split by sample name: saved as split.json in the bundle, re-applicable exactly."""
-
-    version: Literal[1] = Field(default=1, description="Format version of this record.")
-    seed: int = Field(description="Seed the split was made with.")
-    val_fraction: float = Field(description="Requested validation share.")
-    test_fraction: float = Field(description="Requested test share.")
-    official_test: bool = Field(
-        default=False, description="True when the test part is the dataset's own test set."
-    )
-    train: list[str] = Field(description="Sources of the training samples, in index order.")
-    val: list[str] = Field(description="Sources of the validation samples, in index order.")
-    test: list[str] = Field(description="Sources of the test samples, in index order.")
-
-    @model_validator(mode="after")
-    def _disjoint(self) -> SplitRecord:
-        seen: dict[str, str] = {}
-        for part in PARTS:
-            for source in getattr(self, part):
-                if source in seen:
-                    raise ValueError(f"sample {source!r} is in both {seen[source]} and {part}")
-                seen[source] = part
-        return self
-
-    def apply(self, dataset: Dataset) -> Split:
-        """The recorded split as indices into `dataset` (samples it does not name are left
-        out); a recorded sample that `dataset` lacks is an error naming it."""
-        index = {source: i for i, source in enumerate(dataset.sources)}
-        parts: dict[str, IndexArray] = {}
-        for part in PARTS:
-            names: list[str] = getattr(self, part)
-            missing = [s for s in names if s not in index]
-            if missing:
-                more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-                raise DatasetError(
-                    f"the recorded {part} split names sample {missing[0]!r}{more}, which is "
-                    "not in the dataset (was it moved, deleted, or filtered out by "
-                    "classes/max_per_class?)"
-                )
-            parts[part] = np.asarray([index[s] for s in names], dtype=np.int64)
-        return Split(**parts)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.model_dump_json(indent=1) + "\n", encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: str | Path) -> SplitRecord:
-        path = Path(path)
-        try:
-            return cls.model_validate_json(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise DatasetError(f"{path}: cannot read: {exc.strerror}") from None
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            raise DatasetError(f"{path}: not a split record: {where}: {first['msg']}") from None
+def apply_split(record: SplitRecord, dataset: Dataset) -> Split:
+    """The recorded split as indices into `dataset` (samples it does not name are left out);
+    a recorded sample that `dataset` lacks is an error naming it."""
+    index = {source: i for i, source in enumerate(dataset.sources)}
+    parts: dict[str, IndexArray] = {}
+    for part in PARTS:
+        names: list[str] = getattr(record, part)
+        missing = [s for s in names if s not in index]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise DatasetError(
+                f"the recorded {part} split names sample {missing[0]!r}{more}, which is "
+                "not in the dataset (was it moved, deleted, or filtered out by "
+                "classes/max_per_class?)"
+            )
+        parts[part] = np.asarray([index[s] for s in names], dtype=np.int64)
+    return Split(**parts)
 
 
 def record_split(dataset: Dataset, split: Split, spec: SplitSpec) -> SplitRecord:

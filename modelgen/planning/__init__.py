@@ -1,8 +1,9 @@
 """Planning: class groups, sub-model heads under a memory budget (Alg. 1), device assignment."""
 
+from edvit.plan import Plan, SubmodelPlan
 from modelgen.planning.assign import Assignment, DeviceCapacity, Item, assign_greedy, assign_optimal
 from modelgen.planning.groups import contiguous_groups, group_ids
-from modelgen.planning.plan import Plan, PlanError, SubmodelPlan, make_plan
+from modelgen.planning.plan import PlanError, make_plan
 
 __all__ = [
     "Assignment",

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Literal
 
 from edvit.config import Device
+from edvit.plan import DevicePlan, Plan, SubmodelPlan
 from modelgen.planning.assign import (
     Assignment,
     DeviceCapacity,
@@ -29,51 +29,6 @@ EXACT_LIMIT = 16  # the exact solver runs for at most this many sub-models and d
 
 class PlanError(Exception):
     """No plan satisfies the constraints; the message names the binding one."""
-
-
-@dataclass(frozen=True)
-class SubmodelPlan:
-    id: str
-    classes: list[int]
-    heads: int
-    embed_dim: int
-    outputs: int
-    params: int
-    size_mib: float
-    gmacs: float
-
-
-@dataclass(frozen=True)
-class DevicePlan:
-    id: str
-    memory_mib: float
-    gmacs_per_s: float
-    submodels: list[str]
-    used_mib: float
-    latency_s: float
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The JSON contract of `modelgen plan`; `modelgen build` follows the same plan."""
-
-    arch: str
-    num_classes: int
-    budget_mib: float | None
-    rate_hz: float
-    solver_used: str
-    solver_note: str | None
-    submodels: list[SubmodelPlan]
-    total_mib: float
-    devices: list[DevicePlan] | None
-    assignment: dict[str, str] | None
-    makespan_s: float | None
-
-    def to_json(self) -> dict[str, object]:
-        return asdict(self)
-
-    def submodel(self, sub_id: str) -> SubmodelPlan:
-        return next(s for s in self.submodels if s.id == sub_id)
 
 
 def submodel_outputs(num_groups: int, classes: Sequence[int]) -> int:
