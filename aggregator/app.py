@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from aggregator.alignment import Aligner, Emitted
+from aggregator.discovery import discovery_messages
 from aggregator.fusion import Fuser
 from edvit import sdnotify, topics
 from edvit.bundle import Bundle, load_bundle
@@ -38,55 +39,6 @@ FEATURE_QOS = 1
 RESULT_QOS = 1
 LATENCY_WINDOW = 1000  # results the latency percentiles are taken over
 HEARTBEAT_MAX_S = 0.25  # the worker wakes at least this often
-
-
-def discovery_config(cfg: SiteConfig) -> tuple[str, dict[str, Any]]:
-    """Home Assistant MQTT discovery: (config topic, retained payload) of one sensor.
-
-    The state is the label; score, completeness, missing sub-models and latency are
-    attributes. Availability follows the aggregator's status topic; `stopped` (a clean
-    exit) reads as unavailable too.
-    """
-    ha = cfg.aggregator.home_assistant
-    object_id = ha.object_id or f"{cfg.site}_edvit".replace(".", "_")
-    result = topics.result(cfg.site)
-    payload: dict[str, Any] = {
-        "name": ha.name or f"edvit {cfg.site}",
-        "unique_id": object_id,
-        "object_id": object_id,
-        "state_topic": result,
-        "value_template": "{{ value_json.label }}",
-        "json_attributes_topic": result,
-        "json_attributes_template": (
-            "{{ {'score': value_json.score, 'complete': value_json.complete, "
-            "'missing': value_json.missing, 'tick': value_json.tick, "
-            "'latency_ms': value_json.latency_ms} | tojson }}"
-        ),
-        "availability": [
-            {
-                "topic": topics.aggregator_status(cfg.site),
-                "payload_available": topics.ONLINE,
-                "payload_not_available": topics.OFFLINE,
-                "value_template": (
-                    "{{ '"
-                    + topics.ONLINE
-                    + "' if value == '"
-                    + topics.ONLINE
-                    + "' else '"
-                    + topics.OFFLINE
-                    + "' }}"
-                ),
-            }
-        ],
-        "icon": "mdi:eye",
-        "device": {
-            "identifiers": [f"edvit_{cfg.site}"],
-            "name": f"edvit {cfg.site}",
-            "manufacturer": "edvit",
-            "model": "ED-ViT aggregator",
-        },
-    }
-    return f"{ha.discovery_prefix}/sensor/{object_id}/config", payload
 
 
 class Aggregator:
@@ -192,9 +144,8 @@ class Aggregator:
             subscriptions=[(topics.feat_wildcard(site), FEATURE_QOS)],
             inbox=self._inbox,
         )
-        if self.cfg.aggregator.home_assistant.enabled:
-            topic, payload = discovery_config(self.cfg)
-            client.publish_on_connect(topic, compact_json(payload))
+        for topic, payload in discovery_messages(self.cfg):  # empty: remove the entity
+            client.publish_on_connect(topic, b"" if payload is None else compact_json(payload))
         return client
 
     # --- worker -------------------------------------------------------------------------------

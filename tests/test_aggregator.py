@@ -411,15 +411,30 @@ def test_status_and_home_assistant_discovery(
     assert ha.retain
     cfg = json.loads(ha.payload)
     assert cfg["state_topic"] == topic("result")
-    assert cfg["value_template"] == "{{ value_json.label }}"
-    assert cfg["json_attributes_topic"] == topic("result")
-    assert "value_json.score" in cfg["json_attributes_template"]
-    assert "value_json.complete" in cfg["json_attributes_template"]
+    assert cfg["default_entity_id"] == f"sensor.{SITE}_edvit"
     [avail] = cfg["availability"]
     assert avail["topic"] == topic("status")
-    assert (avail["payload_available"], avail["payload_not_available"]) == ("online", "offline")
-    assert cfg["unique_id"] == f"{SITE}_edvit"
+    assert "value_json.tick" not in cfg["json_attributes_template"]  # no row per tick
     fresh.close()
+
+
+def test_disabled_discovery_removes_the_entities(
+    data: Data, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    label = f"homeassistant/sensor/{SITE}_edvit/config"
+    sub = Subscriber(mosquitto, [topic("result"), topic("status"), label])
+    sub.publish(label, b'{"state_topic": "stale"}', retain=True)  # left by an earlier run
+    run = Running(data, mosquitto, tmp_path / "agg", ha=False)
+    try:
+        wait_online(sub, run)
+        sub.wait_for(lambda m: m.topic == label and m.payload == b"")  # the clear goes out
+        fresh = Subscriber(mosquitto, ["homeassistant/#"])
+        left = [m.topic for m in fresh.drain(quiet=0.5) if m.payload]
+        assert left == []  # the retained config is gone
+        fresh.close()
+    finally:
+        run.stop()
+        sub.close()
 
 
 # --- own aggregators: stopping, broker restart, start-up failures -----------------------------

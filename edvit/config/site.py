@@ -145,12 +145,13 @@ class HomeAssistantConfig(StrictModel):
         default=None,
         pattern=r"^[A-Za-z0-9_-]+$",
         max_length=64,
-        description="Discovery object id and unique id; null: <site>_edvit.",
+        description="Base of the entities' unique ids (the label sensor's own); null: "
+        "<site>_edvit.",
     )
     name: str | None = Field(
         default=None,
         min_length=1,
-        description="Sensor name shown in Home Assistant; null: 'edvit <site>'.",
+        description="Device name shown in Home Assistant; null: 'edvit <site>'.",
     )
 
 

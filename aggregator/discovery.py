@@ -1,0 +1,148 @@
+"""Home Assistant MQTT discovery: the retained configs that make a site appear as entities.
+
+Entities (all on one device per site):
+- the label sensor: state = the fused label; attributes are only what changes rarely
+  (complete, missing), so the recorder writes a row when the answer changes, not every tick;
+  `expire_after` makes it unavailable when results stop (a dead site keeps no stale label);
+- one connectivity binary sensor per node, from its retained status;
+- diagnostic sensors from the aggregator's stats topic (latency p99, dropped messages).
+Every entity fed by the aggregator is unavailable unless its status is `online`.
+
+With discovery disabled the same topics are published empty (retained), which is how Home
+Assistant is told to remove entities an earlier run created.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from edvit import topics
+from edvit.config.site import SiteConfig
+
+MIN_EXPIRE_S = 10  # results come every tick; silence for this long means the site is dead
+EXPIRE_TICKS = 5
+
+Discovery = list[tuple[str, dict[str, Any] | None]]
+
+
+def _origin() -> dict[str, str]:
+    try:
+        sw = version("edvit")
+    except PackageNotFoundError:
+        sw = "unknown"
+    return {"name": "edvit", "sw_version": sw}
+
+
+def _only_online(status_topic: str) -> dict[str, str]:
+    """Availability from a retained status: `online` is available; offline or stopped not."""
+    on, off = topics.ONLINE, topics.OFFLINE
+    return {
+        "topic": status_topic,
+        "payload_available": on,
+        "payload_not_available": off,
+        "value_template": "{{ '" + on + "' if value == '" + on + "' else '" + off + "' }}",
+    }
+
+
+def expire_after_s(cfg: SiteConfig) -> int:
+    """Seconds without a result after which the label sensor goes unavailable."""
+    return max(MIN_EXPIRE_S, round(EXPIRE_TICKS * cfg.tick.period_s + cfg.tick.deadline_s))
+
+
+def _slug(cfg: SiteConfig) -> str:
+    ha = cfg.aggregator.home_assistant
+    return ha.object_id or f"{cfg.site}_edvit".replace(".", "_").replace("-", "_")
+
+
+def discovery_messages(cfg: SiteConfig) -> Discovery:
+    """(config topic, payload) for every entity of the site; payload None when discovery is
+    disabled (publish it empty to remove the entity)."""
+    ha = cfg.aggregator.home_assistant
+    slug = _slug(cfg)
+    site = cfg.site
+    device = {
+        "identifiers": [f"edvit_{site}"],
+        "name": ha.name or f"edvit {site}",
+        "manufacturer": "edvit",
+        "model": "ED-ViT site",
+    }
+    fed = {"availability": [_only_online(topics.aggregator_status(site))]}
+    result = topics.result(site)
+    stats = topics.aggregator_stats(site)
+    entities: list[tuple[str, str, dict[str, Any]]] = [
+        (
+            "sensor",
+            slug,
+            {
+                "name": "Label",
+                "state_topic": result,
+                "value_template": "{{ value_json.label }}",
+                "json_attributes_topic": result,
+                "json_attributes_template": (
+                    "{{ {'complete': value_json.complete, 'missing': value_json.missing}"
+                    " | tojson }}"
+                ),
+                "expire_after": expire_after_s(cfg),
+                "icon": "mdi:eye",
+                **fed,
+            },
+        ),
+        (
+            "sensor",
+            f"{slug}_latency_p99",
+            {
+                "name": "Latency p99",
+                "state_topic": stats,
+                "value_template": "{{ value_json.latency_ms.p99 }}",
+                "unit_of_measurement": "ms",
+                "state_class": "measurement",
+                "entity_category": "diagnostic",
+                "icon": "mdi:timer-outline",
+                **fed,
+            },
+        ),
+        (
+            "sensor",
+            f"{slug}_dropped",
+            {
+                "name": "Dropped messages",
+                "state_topic": stats,
+                "value_template": "{{ value_json.dropped.values() | sum }}",
+                "state_class": "total_increasing",
+                "entity_category": "diagnostic",
+                "icon": "mdi:email-remove-outline",
+                **fed,
+            },
+        ),
+    ]
+    for node in sorted(cfg.nodes):
+        node_slug = f"{slug}_node_{node}".replace(".", "_").replace("-", "_")
+        status = topics.node_status(site, node)
+        entities.append(
+            (
+                "binary_sensor",
+                node_slug,
+                {
+                    "name": f"Node {node}",
+                    "state_topic": status,
+                    "payload_on": topics.ONLINE,
+                    "payload_off": topics.OFFLINE,
+                    "value_template": _only_online(status)["value_template"],
+                    "device_class": "connectivity",
+                    "entity_category": "diagnostic",
+                },
+            )
+        )
+    out: Discovery = []
+    for component, object_id, fields in entities:
+        topic = f"{ha.discovery_prefix}/{component}/{object_id}/config"
+        payload = {
+            **fields,
+            "device": device,
+            "origin": _origin(),
+            "unique_id": object_id,
+            "default_entity_id": f"{component}.{object_id}",
+        }
+        out.append((topic, payload if ha.enabled else None))
+    return out
