@@ -79,6 +79,8 @@ class Aggregator:
         self._latency = Window(LATENCY_WINDOW)
         self._overhead = Window(LATENCY_WINDOW)
         self._drop_log = LogThrottle(log)
+        self._last_feature: float | None = None  # monotonic time of the last valid message
+        self._no_data = False
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -197,6 +199,8 @@ class Aggregator:
                 self._dropped[exc.reason] += 1
             self._log_drop(exc, msg.topic)
             return []
+        with self._lock:
+            self._last_feature = msg.received
         return aligner.add(fm.tick, fm.sub, fm.ts, fm.feat, now, received=msg.received)
 
     def _publish(self, tick: Emitted) -> None:
@@ -244,15 +248,40 @@ class Aggregator:
             now = time.monotonic()
             if now - self._beat < max(5.0, 2 * HEARTBEAT_MAX_S):
                 watchdog.kick()  # only while the worker is alive
+            self._watch_data(now)
             if now >= next_stats:
                 next_stats = now + interval
                 if self.client is not None and self.client.connected:
                     self.client.publish_json(topics.aggregator_stats(self.cfg.site), self.stats())
 
+    def _feature_age_s(self, now: float) -> float:
+        """Seconds since the last valid feature (or since start, before the first)."""
+        with self._lock:
+            last = self._last_feature
+        return now - (self._started_at if last is None else last)
+
+    def _watch_data(self, now: float) -> None:
+        """Status `no_data` while no valid feature has come for no_data_after_s; `online`
+        again with the next one. Logged once per change, not per check."""
+        silent = self._feature_age_s(now) >= self.cfg.aggregator.no_data_after_s
+        if silent == self._no_data or self.client is None:
+            return
+        self._no_data = silent
+        self.client.set_status(topics.NO_DATA if silent else topics.ONLINE)
+        if silent:
+            log.warning(
+                "no feature message for %.0f s: status %s (are the nodes running?)",
+                self.cfg.aggregator.no_data_after_s,
+                topics.NO_DATA,
+            )
+        else:
+            log.info("features arrive again: status %s", topics.ONLINE)
+
     def stats(self) -> dict[str, Any]:
         """The stats message: counters since start, latency percentiles of recent results."""
         aligner = self.aligner
         client = self.client
+        feature_age_s = self._feature_age_s(time.monotonic())
         with self._lock:
             dropped = dict(self._dropped)
             dropped["queue_full"] = client.dropped if client is not None else 0
@@ -272,6 +301,8 @@ class Aggregator:
                 "dropped": dropped,
                 "latency_ms": self._latency.percentiles(),
                 "overhead_ms": self._overhead.percentiles(),
+                "last_feature_age_s": round(feature_age_s, 3),
+                "receiving": not self._no_data,
                 "reconnects": client.reconnects if client is not None else 0,
                 "connected": client.connected if client is not None else False,
             }

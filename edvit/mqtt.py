@@ -163,6 +163,15 @@ class MqttClient:
         if self.connected:
             self._client.publish(topic, data, qos=1, retain=True)
 
+    def set_status(self, status: str) -> None:
+        """Replace the retained status (`online` on connect) by `status`, now and on every
+        reconnect: e.g. the aggregator's `no_data` while no features arrive."""
+        data = status.encode()
+        with self._lock:
+            self._on_connect_retained[0] = (self.status_topic, data)
+        if self.connected:
+            self._client.publish(self.status_topic, data, qos=1, retain=True)
+
     # --- paho callbacks (paho's thread: never block here) -----------------------------------
 
     def _on_connect(

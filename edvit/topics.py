@@ -23,6 +23,7 @@ PREFIX: Final = "edvit"
 ONLINE: Final = "online"
 OFFLINE: Final = "offline"  # the last will: the broker publishes it when the client vanishes
 STOPPED: Final = "stopped"  # a clean exit, published by the client itself before it leaves
+NO_DATA: Final = "no_data"  # the aggregator is up but no node has sent features for a while
 
 
 def feat(site: str, sub: str) -> str:

@@ -131,6 +131,7 @@ def site_config(path: Path, ha: bool = False, **aggregator: Any) -> Path:
             "buffer_ticks": 256,
             "max_message_bytes": 4096,
             "home_assistant": {"enabled": ha},
+            "no_data_after_s": 3600,  # the module's aggregator idles between tests
             **aggregator,
         },
     }
@@ -141,9 +142,11 @@ def site_config(path: Path, ha: bool = False, **aggregator: Any) -> Path:
 class Running:
     """An `aggregator run` process with its output in files."""
 
-    def __init__(self, data: Data, broker: Mosquitto, workdir: Path, ha: bool = False) -> None:
+    def __init__(
+        self, data: Data, broker: Mosquitto, workdir: Path, ha: bool = False, **aggregator: Any
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        self.config = site_config(workdir / "site.yaml", ha=ha)
+        self.config = site_config(workdir / "site.yaml", ha=ha, **aggregator)
         self.stdout = workdir / "stdout.txt"
         self.stderr = workdir / "stderr.txt"
         with self.stdout.open("w") as out, self.stderr.open("w") as err:
@@ -432,6 +435,26 @@ def test_disabled_discovery_removes_the_entities(
         left = [m.topic for m in fresh.drain(quiet=0.5) if m.payload]
         assert left == []  # the retained config is gone
         fresh.close()
+    finally:
+        run.stop()
+        sub.close()
+
+
+def test_status_says_no_data_while_no_features_arrive(
+    data: Data, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    sub = Subscriber(mosquitto, [topic("result"), topic("status"), topic("stats")])
+    run = Running(data, mosquitto, tmp_path / "agg", no_data_after_s=1.0)
+    try:
+        wait_online(sub, run)
+        sub.wait_for(lambda m: m.topic == topic("status") and m.payload == b"no_data")
+        quiet = stats_where(sub, lambda s: not s["receiving"])
+        assert quiet["last_feature_age_s"] >= 1.0
+        tick = fresh_tick()
+        publish_sample(sub, data, tick, 3)
+        check_result(data, results_for(sub, {tick})[tick], 3)
+        sub.wait_for(lambda m: m.topic == topic("status") and m.payload == b"online")
+        assert stats_where(sub, lambda s: s["receiving"])["last_feature_age_s"] < 1.0
     finally:
         run.stop()
         sub.close()

@@ -180,6 +180,13 @@ class AggregatorConfig(StrictModel):
         description="Received messages waiting for the worker; beyond it they are dropped "
         "(counted as queue_full) instead of growing memory.",
     )
+    no_data_after_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=86400,
+        description="Seconds without a valid feature message after which the aggregator's "
+        "status reads no_data (and Home Assistant shows the site unavailable).",
+    )
     home_assistant: HomeAssistantConfig = Field(
         default_factory=HomeAssistantConfig, description="Home Assistant discovery."
     )
