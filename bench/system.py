@@ -32,8 +32,8 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edvit import topics
-from edvit.broker import Mosquitto
 from edvit.bundle import Manifest, load_bundle, write_manifest
+from edvit.demo.brokers import Mosquitto
 from edvit.mqtt import no_delay
 from edvit.wire import encode_features
 from modelgen.export import base_entry, export_fusion, export_submodel, fusion_entry, submodel_entry

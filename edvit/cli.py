@@ -1,4 +1,4 @@
-"""`edvit`: commands for the whole system (validate; demo lands with the online system)."""
+"""`edvit`: commands for the whole system: validate configs and bundles; run the demo (README)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from edvit.demo import DemoError, DemoOptions, default_workdir, print_table, run_demo
+    from edvit.demo.run import DemoError, DemoOptions, default_workdir, run_demo
+    from edvit.demo.tally import print_table
 
     opts = DemoOptions(
         bundle=Path(args.bundle),
@@ -100,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--period", type=float, default=0.25, help="seconds between ticks")
     demo.add_argument("--broker", help="HOST:PORT of a broker to use instead of a private one")
     demo.add_argument(
-        "--embedded-broker", action="store_true", help="the Python broker even if mosquitto is here"
+        "--embedded-broker",
+        action="store_true",
+        help="amqtt, the Python broker (extra `demo`), even if mosquitto is here",
     )
     demo.add_argument("--json", action="store_true", help="the final table as one JSON object")
     demo.set_defaults(func=_cmd_demo)

@@ -1,4 +1,4 @@
-"""Test helpers around the real broker: `Mosquitto` (edvit.broker) and a plain subscriber.
+"""Test helpers around the real brokers (edvit.demo.brokers) and a plain subscriber.
 
 Everything that crosses the wire is tested against a real mosquitto, never a mocked client.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edvit.broker import Mosquitto, free_port, mosquitto_binary, port_open
+from edvit.demo.brokers import BrokerProcess, Mosquitto, free_port, mosquitto_binary, port_open
 
 __all__ = ["Mosquitto", "Subscriber", "free_port", "mosquitto_binary", "port_open"]
 
@@ -22,7 +22,7 @@ __all__ = ["Mosquitto", "Subscriber", "free_port", "mosquitto_binary", "port_ope
 class Subscriber:
     """A plain paho client collecting what arrives on `topics` (retained messages too)."""
 
-    def __init__(self, broker: Mosquitto, topics: Sequence[str]) -> None:
+    def __init__(self, broker: BrokerProcess, topics: Sequence[str]) -> None:
         self.messages: queue.Queue[paho.MQTTMessage] = queue.Queue()
         self.seen: list[paho.MQTTMessage] = []
         self._topics = list(topics)

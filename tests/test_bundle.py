@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from blocker import run_blocked
 from timm.models.vision_transformer import VisionTransformer
 
 from edvit.bundle import (
@@ -341,7 +340,6 @@ def test_nodes_and_aggregator_need_no_torch(built: Built) -> None:
     """edvit.bundle and edvit.fusion load and fuse with torch, timm and modelgen unimportable."""
     code = (
         "import sys\n"
-        "for m in ('torch', 'timm', 'modelgen', 'onnx'): sys.modules[m] = None\n"
         "import numpy as np\n"
         "from edvit.bundle import load_bundle\n"
         "from edvit.fusion import FusionMLP\n"
@@ -349,12 +347,7 @@ def test_nodes_and_aggregator_need_no_torch(built: Built) -> None:
         "f = FusionMLP.from_bundle(b)\n"
         "print(f.probabilities({'g1': np.ones((2, 32), np.float32)}).shape)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(built.root)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "(2, 5)"
+    run = run_blocked(code, ("torch", "timm", "modelgen", "onnx"), str(built.root), timeout=60)
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert run.proc.stdout.strip() == "(2, 5)"
+    assert run.attempts == []

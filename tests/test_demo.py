@@ -2,111 +2,145 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from broker import mosquitto_binary
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
+# Trained enough to be clearly above chance (10 classes): its fused test accuracy is 0.88 on
+# 130 samples here, and no 16 consecutive test samples fall below 0.69 (measured).
 TINY = {
     "name": "tiny-demo",
-    "dataset": {"kind": "digits", "max_per_class": 30, "split": {"test_fraction": 0.25}},
+    "dataset": {"kind": "digits", "max_per_class": 50, "split": {"test_fraction": 0.25}},
     "preprocess": {"kind": "image", "height": 8, "width": 8, "channels": 1},
     "model": {"arch": "vit:img=8,patch=2,chans=1,embed=32,depth=1,heads=4"},
-    "train": {"epochs": 3, "batch_size": 32, "lr": 0.003},
+    "train": {"epochs": 120, "batch_size": 32, "lr": 0.005, "label_smoothing": 0.0,
+              "augment": False},
     "plan": {"num_submodels": 3},
     "pruning": {"samples": 16},
-    "distill": {"epochs": 2, "batch_size": 32, "lr": 0.003},
-    "fusion": {"epochs": 3},
+    "distill": {"epochs": 40, "batch_size": 32, "lr": 0.005, "label_smoothing": 0.0,
+                "augment": False},
+    "fusion": {"epochs": 60},
     "threads": 1,
-}
+}  # fmt: skip
+TICKS = 16
+ACCURACY_FLOOR = 0.5
 FIELDS = {"ticks", "accuracy", "complete_share", "latency_ms_p50", "latency_ms_p99", "per_node"}
 
 
-def demo(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "edvit"), "demo", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+@dataclass(frozen=True)
+class Demo:
+    """Where a module's demo runs live: the bundle and the runtime folder (the broker's)."""
+
+    root: Path
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "bundle"
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "edvit"), "demo", "--bundle", str(self.bundle), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=self.env(),
+        )
+
+    def env(self) -> dict[str, str]:
+        """The demo's work folder (and so its broker's config) under `root`."""
+        (self.root / "run").mkdir(exist_ok=True)
+        return {**os.environ, "XDG_RUNTIME_DIR": str(self.root / "run")}
+
+    def leftovers(self) -> list[str]:
+        """Processes still running whose command line names `root` (broker, nodes, aggregator)."""
+        out = subprocess.run(
+            ["pgrep", "-af", str(self.root)], capture_output=True, text=True, check=False
+        )
+        return [line for line in out.stdout.splitlines() if "pgrep" not in line]
 
 
-def leftovers(marker: str) -> list[str]:
-    """Processes still running whose command line names `marker` (the demo's bundle)."""
-    proc = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True, check=False)
-    return [line for line in proc.stdout.splitlines() if "pgrep" not in line]
-
-
-@pytest.fixture(scope="module")
-def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
-    root = tmp_path_factory.mktemp("demo")
-    recipe = root / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump(TINY))
-    bundle = root / "bundle"
-    proc = demo("--bundle", str(bundle), "--recipe", str(recipe), "--ticks", "6",
-                "--period", "0.25", "--json")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return bundle, json.loads(proc.stdout), proc.stderr
-
-
-def test_first_run_builds_then_reports(first_run: tuple[Path, dict[str, Any], str]) -> None:
-    bundle, summary, log = first_run
-    assert "building the bundle" in log
-    assert (bundle / "manifest.json").is_file()
+def check_summary(summary: dict[str, Any], log: str) -> None:
+    """A full run with no node dropped: every tick complete, well above chance."""
     assert set(summary) == FIELDS
-    assert summary["ticks"] == 6
+    assert summary["ticks"] == TICKS
     assert summary["complete_share"] == 1.0
-    assert 0.0 <= summary["accuracy"] <= 1.0
+    assert summary["accuracy"] >= ACCURACY_FLOOR, summary
     assert 0.0 < summary["latency_ms_p50"] <= summary["latency_ms_p99"]
     # 3 sub-models: two nodes, one of them hosting two
     assert sorted(summary["per_node"]) == ["node-1", "node-2"]
     assert all(n["ticks"] and n["inference_ms_p50"] > 0 for n in summary["per_node"].values())
-    assert log.count("truth") == 6  # a live line per result (on stderr with --json)
-    assert leftovers(str(bundle)) == []
+    assert log.count("truth") == TICKS  # a live line per result (on stderr with --json)
 
 
-def test_later_runs_reuse_the_bundle_and_can_use_the_embedded_broker(
-    first_run: tuple[Path, dict[str, Any], str],
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Demo, dict[str, Any], str]:
+    """The first run builds the bundle, on mosquitto (the broker a site runs)."""
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto; scripts/setup.sh)")
+    demo = Demo(tmp_path_factory.mktemp("demo"))
+    recipe = demo.root / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(TINY))
+    proc = demo.run("--recipe", str(recipe), "--ticks", str(TICKS), "--period", "0.25", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return demo, json.loads(proc.stdout), proc.stderr
+
+
+def test_first_run_builds_then_reports_on_mosquitto(
+    first_run: tuple[Demo, dict[str, Any], str],
 ) -> None:
-    bundle, _, _ = first_run
-    before = (bundle / "manifest.json").stat().st_mtime
-    proc = demo("--bundle", str(bundle), "--ticks", "4", "--period", "0.25",
-                "--embedded-broker", "--json")  # fmt: skip
+    demo, summary, log = first_run
+    assert "building the bundle" in log
+    assert "starting amqtt" not in log
+    assert (demo.bundle / "manifest.json").is_file()
+    check_summary(summary, log)
+    assert demo.leftovers() == []
+
+
+def test_later_runs_reuse_the_bundle_on_amqtt(first_run: tuple[Demo, dict[str, Any], str]) -> None:
+    if importlib.util.find_spec("amqtt") is None:
+        pytest.skip("amqtt is not installed (pip install -e '.[demo]')")
+    demo, _, _ = first_run
+    before = (demo.bundle / "manifest.json").stat().st_mtime
+    proc = demo.run("--ticks", str(TICKS), "--period", "0.25", "--embedded-broker", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "building" not in proc.stderr
-    assert "embedded broker" in proc.stderr
-    summary = json.loads(proc.stdout)
-    assert summary["ticks"] == 4
-    assert summary["complete_share"] == 1.0
-    assert (bundle / "manifest.json").stat().st_mtime == before
-    assert leftovers(str(bundle)) == []
+    assert "starting amqtt" in proc.stderr
+    check_summary(json.loads(proc.stdout), proc.stderr)
+    assert (demo.bundle / "manifest.json").stat().st_mtime == before
+    assert demo.leftovers() == []
 
 
-def test_interrupt_stops_everything(first_run: tuple[Path, dict[str, Any], str]) -> None:
-    bundle, _, _ = first_run
+def test_interrupt_stops_everything(first_run: tuple[Demo, dict[str, Any], str]) -> None:
+    demo, _, _ = first_run
     proc = subprocess.Popen(
-        [str(BIN / "edvit"), "demo", "--bundle", str(bundle), "--ticks", "100000",
+        [str(BIN / "edvit"), "demo", "--bundle", str(demo.bundle), "--ticks", "100000",
          "--period", "0.25"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=demo.env(),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         assert proc.stdout is not None
         while "truth" not in proc.stdout.readline():
             assert time.monotonic() < deadline, "no result within 60 s"
-        assert len(leftovers(str(bundle))) >= 3  # aggregator and two nodes are running
+        assert len(demo.leftovers()) >= 5  # the demo, its broker, the aggregator, two nodes
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     finally:
@@ -114,4 +148,4 @@ def test_interrupt_stops_everything(first_run: tuple[Path, dict[str, Any], str])
             proc.kill()
     assert proc.returncode == 0
     assert "accuracy" in out  # the final table still comes
-    assert leftovers(str(bundle)) == []
+    assert demo.leftovers() == []

@@ -1,11 +1,11 @@
 """`edvit demo`: the whole site on one machine, as systemd would run it.
 
 Build (or reuse) a small digits bundle, write its test split as replay files, start a
-private broker, the edge nodes and the aggregator as separate processes (the commands
-systemd runs), print a line per fused result and, at the end, a table: accuracy against the
-ground truth, share of complete ticks, capture-to-result latency, per-node inference time.
-Ctrl-C stops everything; no process is left behind. This module only starts commands: it
-imports neither modelgen, the node nor the aggregator.
+private broker (mosquitto, else amqtt), the edge nodes and the aggregator as separate
+processes (the commands systemd runs), print a line per fused result and, at the end, a
+table: accuracy against the ground truth, share of complete ticks, capture-to-result
+latency, per-node inference time. Ctrl-C stops everything; no process is left behind. The
+demo only starts commands: it imports neither modelgen, the node nor the aggregator.
 """
 
 from __future__ import annotations
@@ -14,22 +14,29 @@ import json
 import math
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
 from edvit import topics
-from edvit.broker import Mosquitto, mosquitto_binary
 from edvit.bundle import Bundle, load_bundle
 from edvit.config.site import BrokerConfig, parse_broker
-from edvit.minibroker import MiniBroker
+from edvit.demo.brokers import (
+    Amqtt,
+    BrokerError,
+    BrokerProcess,
+    Mosquitto,
+    amqtt_binary,
+    installed_command,
+    mosquitto_binary,
+)
+from edvit.demo.tally import Tally
 from edvit.mqtt import Message, MqttClient
 
 MAX_NODES = 3
@@ -42,72 +49,20 @@ class DemoError(Exception):
 
 @dataclass(frozen=True)
 class DemoOptions:
+    """What `edvit demo` was asked for (its command-line options)."""
+
     bundle: Path
     recipe: Path
     ticks: int
     period_s: float
-    broker: str | None
+    broker: str | None  # HOST:PORT of a running broker, else a private one is started
     workdir: Path
-    embedded_broker: bool = False
-
-
-@dataclass
-class Tally:
-    """What the results showed, tick by tick."""
-
-    truth: list[int]
-    classes: list[str]
-    results: list[dict[str, Any]] = field(default_factory=list)
-    correct: int = 0
-    node_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
-    status: dict[str, str] = field(default_factory=dict)
-    ready_at: float | None = None  # when every process was online: earlier ticks don't count
-
-    def add(self, result: dict[str, Any]) -> str:
-        expected = self.truth[result["tick"] % len(self.truth)]
-        label = self.classes.index(result["label"]) if result["label"] in self.classes else -1
-        ok = label == expected
-        self.correct += ok
-        self.results.append(result)
-        missing = f" missing {','.join(result['missing'])}" if result["missing"] else ""
-        return (
-            f"tick {result['tick']:>10}  {result['label']:>6} ({result['score']:.2f})  "
-            f"truth {self.classes[expected]:>6} {'✓' if ok else '✗'}  "
-            f"{'complete' if result['complete'] else 'partial '}{missing}  "
-            f"{result['latency_ms']:.0f} ms"
-        )
-
-    def summary(self) -> dict[str, Any]:
-        n = len(self.results)
-        latencies = sorted(r["latency_ms"] for r in self.results)
-
-        def pct(q: float) -> float | None:
-            if not latencies:
-                return None
-            return float(latencies[min(n - 1, math.ceil(q * n) - 1)])
-
-        return {
-            "ticks": n,
-            "accuracy": self.correct / n if n else None,
-            "complete_share": sum(r["complete"] for r in self.results) / n if n else None,
-            "latency_ms_p50": pct(0.5),
-            "latency_ms_p99": pct(0.99),
-            "per_node": {
-                node: {
-                    "inference_ms_p50": s.get("inference_ms", {}).get("p50"),
-                    "inference_ms_p99": s.get("inference_ms", {}).get("p99"),
-                    "ticks": s.get("ticks"),
-                    "skipped": s.get("skipped"),
-                }
-                for node, s in sorted(self.node_stats.items())
-            },
-        }
+    embedded_broker: bool = False  # amqtt even where mosquitto is installed
 
 
 def _command(name: str) -> str:
     """A console script of this install (next to the interpreter), else from PATH."""
-    here = Path(sys.executable).parent / name
-    found = str(here) if here.exists() else shutil.which(name)
+    found = installed_command(name)
     if found is None:
         raise DemoError(f"`{name}` is not installed: pip install -e '.[all]' (make setup)")
     return found
@@ -177,6 +132,24 @@ def site_config(bundle: Bundle, host: str, port: int, period_s: float) -> dict[s
     }
 
 
+def start_broker(opts: DemoOptions, log: TextIO) -> BrokerProcess:
+    """A private broker: mosquitto where installed (unless asked for amqtt), else amqtt."""
+    try:
+        if mosquitto_binary() is not None and not opts.embedded_broker:
+            return Mosquitto(opts.workdir / "mosquitto").start()
+        if amqtt_binary() is not None:
+            print("demo: starting amqtt, the Python broker (not mosquitto)", file=log, flush=True)
+            return Amqtt(opts.workdir / "amqtt").start()
+    except BrokerError as exc:
+        raise DemoError(str(exc)) from exc
+    if opts.embedded_broker:
+        raise DemoError("--embedded-broker needs amqtt: pip install -e '.[demo]'")
+    raise DemoError(
+        "no MQTT broker to start: install mosquitto (apt-get install mosquitto) or amqtt "
+        "(pip install -e '.[demo]'), or name a running one with --broker HOST:PORT"
+    )
+
+
 class Children:
     """The demo's processes: started in order, stopped in reverse, never left behind."""
 
@@ -235,18 +208,14 @@ def run_demo(
     tally = Tally([i["label"] for i in labels["items"]], list(labels["classes"]))
     opts.workdir.mkdir(parents=True, exist_ok=True)
     children = Children()
-    broker: Mosquitto | MiniBroker | None = None
+    broker: BrokerProcess | None = None
     client: MqttClient | None = None
     try:
         if opts.broker is not None:
             host, port = parse_broker(opts.broker)
             port = port or 1883
-        elif mosquitto_binary() is not None and not opts.embedded_broker:
-            broker = Mosquitto(opts.workdir / "mosquitto").start()
-            host, port = broker.host, broker.port
         else:
-            print("demo: starting the embedded broker (not mosquitto)", file=log, flush=True)
-            broker = MiniBroker().start()
+            broker = start_broker(opts, log)
             host, port = broker.host, broker.port
         site = site_config(bundle, host, port, opts.period_s)
         config = opts.workdir / "site.yaml"
@@ -294,28 +263,6 @@ def run_demo(
         if broker is not None:
             broker.stop()
     return tally.summary()
-
-
-def print_table(summary: dict[str, Any], out: TextIO = sys.stdout) -> None:
-    def fmt(v: Any, spec: str) -> str:
-        return format(v, spec) if isinstance(v, int | float) else "–"
-
-    print("", file=out)
-    print(f"ticks           {summary['ticks']}", file=out)
-    print(f"accuracy        {fmt(summary['accuracy'], '.4f')}", file=out)
-    print(f"complete share  {fmt(summary['complete_share'], '.4f')}", file=out)
-    print(
-        f"latency ms      p50 {fmt(summary['latency_ms_p50'], '.1f')}  "
-        f"p99 {fmt(summary['latency_ms_p99'], '.1f')}",
-        file=out,
-    )
-    for node, s in summary["per_node"].items():
-        print(
-            f"  {node:<12} inference ms p50 {fmt(s['inference_ms_p50'], '.2f')}  "
-            f"p99 {fmt(s['inference_ms_p99'], '.2f')}  ticks {s['ticks']}  "
-            f"skipped {s['skipped']}",
-            file=out,
-        )
 
 
 def default_workdir() -> Path:
