@@ -23,7 +23,7 @@ from edvit.service import add_run_args, serve, setup_logging, stop_on_signals
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aggregator",
-        description="Fuse the site's sub-model features into results (see DESIGN.md).",
+        description="Fuse the site's sub-model features into results (see the README).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the aggregator until SIGTERM / Ctrl-C")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
+
+from edvit.stats import percentiles
 
 
 @dataclass
@@ -36,19 +37,13 @@ class Tally:
 
     def summary(self) -> dict[str, Any]:
         n = len(self.results)
-        latencies = sorted(r["latency_ms"] for r in self.results)
-
-        def pct(q: float) -> float | None:
-            if not latencies:
-                return None
-            return float(latencies[min(n - 1, math.ceil(q * n) - 1)])
-
+        latency = percentiles(r["latency_ms"] for r in self.results)  # as the stats topics
         return {
             "ticks": n,
             "accuracy": self.correct / n if n else None,
             "complete_share": sum(r["complete"] for r in self.results) / n if n else None,
-            "latency_ms_p50": pct(0.5),
-            "latency_ms_p99": pct(0.99),
+            "latency_ms_p50": latency["p50"],
+            "latency_ms_p99": latency["p99"],
             "per_node": {
                 node: {
                     "inference_ms_p50": s.get("inference_ms", {}).get("p50"),
