@@ -17,6 +17,13 @@ import numpy.typing as npt
 UInt8Array = npt.NDArray[np.uint8]
 FloatArray = npt.NDArray[np.float32]
 
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+"""Image files `read_image` reads (lower case): the training loaders and replay sources agree."""
+SOUND_EXTENSIONS = frozenset({".wav", ".flac", ".ogg"})
+"""Sound files `read_wav` reads (libsndfile's formats the nodes and the training accept)."""
+
 
 class MediaError(ValueError):
     """A file or buffer that is not a usable image or sound; the message names it."""

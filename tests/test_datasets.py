@@ -213,6 +213,31 @@ def test_audiofolder_gtzan_layout_and_errors(tmp_path: Path) -> None:
         load_dataset(AudioFolderDataset(root=tmp_path))
 
 
+def test_audiofolder_reads_flac_and_ogg_as_a_node_replays_them(tmp_path: Path) -> None:
+    """Training takes the sound files a node's `wav` source replays, sample for sample."""
+    import soundfile as sf
+
+    from edge_node.sources import WavSource
+    from edvit.preprocess import fix_length
+
+    t = np.arange(12000) / 24000  # 0.5 s at 24 kHz: resampled to 8000 samples at 16 kHz
+    for name, hz in (("tone/a.flac", 440), ("hum/b.ogg", 120), ("hum/c.wav", 250)):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        sf.write(tmp_path / name, 0.5 * np.sin(2 * np.pi * hz * t), 24000)
+    ds = load_dataset(AudioFolderDataset(root=tmp_path, sample_rate=16000))
+    assert ds.classes == ["hum", "tone"]
+    assert ds.sources == ["hum/b.ogg", "hum/c.wav", "tone/a.flac"]
+    flac = ds.samples[2]
+    assert len(flac) == 8000
+    assert abs(int(np.argmax(np.abs(np.fft.rfft(flac)))) * 16000 / 8000 - 440) <= 2
+    with WavSource(tmp_path, sample_rate=16000, clip_samples=8000, pattern="**/*") as node:
+        assert node.items == ds.sources
+        for k, want in enumerate(ds.samples):
+            got = node.read(k)
+            assert got is not None
+            np.testing.assert_array_equal(got.data, fix_length(want, 8000))
+
+
 # --------------------------------------------------------------------------- CIFAR-10
 
 

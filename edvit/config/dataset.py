@@ -119,14 +119,15 @@ class ImageFolderDataset(_DatasetBase):
 
 
 class AudioFolderDataset(_DatasetBase):
-    """A folder per class of WAV files: Speech Commands, GTZAN, `modelgen dataset keywords`."""
+    """A folder per class of sound files: Speech Commands, GTZAN, `modelgen dataset keywords`."""
 
     kind: Literal["audiofolder"] = Field(
-        default="audiofolder", description="A folder of WAV files per class."
+        default="audiofolder", description="A folder of sound files per class."
     )
     root: Path = Field(
         description="Folder holding one sub-folder per class. Sub-folders starting with '_' "
-        "or '.' (Speech Commands' _background_noise_) and files other than .wav are ignored."
+        "or '.' (Speech Commands' _background_noise_) and files other than .wav, .flac and .ogg "
+        "are ignored."
     )
     sample_rate: int = Field(
         default=16000,

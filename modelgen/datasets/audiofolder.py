@@ -1,4 +1,4 @@
-"""A folder of WAV files per class (Speech Commands, GTZAN, `modelgen dataset keywords`)."""
+"""A folder of sound files per class (Speech Commands, GTZAN, `modelgen dataset keywords`)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,9 @@ from modelgen.datasets.base import (
     source_name,
 )
 
-AUDIO_EXTENSIONS = frozenset({".wav"})
-
 
 def read_wav(path: Path, sample_rate: int) -> npt.NDArray[np.float32]:
-    """A WAV file as mono float32 at `sample_rate` (edvit.media, as the nodes read it)."""
+    """A sound file as mono float32 at `sample_rate` (edvit.media, as the nodes read it)."""
     try:
         return media.read_wav(path, sample_rate)
     except media.MediaError as exc:
@@ -34,15 +32,16 @@ def _skip(name: str) -> bool:
 
 
 def load_audiofolder(spec: AudioFolderDataset, base_dir: Path | None = None) -> Dataset:
-    """Every .wav of the selected class folders, in sorted path order."""
+    """Every sound file (.wav, .flac, .ogg) of the selected class folders, in sorted path
+    order: the files a node's `wav` source replays."""
     root = resolve_root(spec.root, base_dir)
     classes, items = scan_class_folders(
         root,
-        AUDIO_EXTENSIONS,
+        media.SOUND_EXTENSIONS,
         spec.classes,
         spec.max_per_class,
         skip_folder=_skip,
-        what="WAV",
+        what="sound",
     )
     return Dataset(
         kind="audio",

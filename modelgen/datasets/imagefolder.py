@@ -16,10 +16,6 @@ from modelgen.datasets.base import (
     source_name,
 )
 
-IMAGE_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
-
 
 def read_image(path: Path) -> np.ndarray:
     """An image file as HWC uint8 RGB (edvit.media, as the nodes read it)."""
@@ -34,7 +30,7 @@ def load_imagefolder(spec: ImageFolderDataset, base_dir: Path | None = None) -> 
     root = resolve_root(spec.root, base_dir)
     classes, items = scan_class_folders(
         root,
-        IMAGE_EXTENSIONS,
+        media.IMAGE_EXTENSIONS,
         spec.classes,
         spec.max_per_class,
         skip_folder=lambda name: name.startswith("."),
