@@ -233,7 +233,9 @@ def _image_to_float(spec: ImagePreprocess, image: np.ndarray) -> FloatArray:
         chw = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)[None, :, :]
     else:
         chw = image.transpose(2, 0, 1)
-    return np.ascontiguousarray(chw, dtype=np.float32) * np.float32(1 / 255)
+    out = np.ascontiguousarray(chw, dtype=np.float32)  # a new array: chw is uint8
+    out *= np.float32(1 / 255)
+    return out
 
 
 def _channel_stats(spec: ImagePreprocess) -> tuple[FloatArray, FloatArray]:
@@ -335,13 +337,17 @@ def _unnormalized(spec: ImagePreprocess | AudioPreprocess, sample: np.ndarray) -
 
 def preprocess(spec: ImagePreprocess | AudioPreprocess, sample: np.ndarray) -> FloatArray:
     """One raw sample → the model's input, float32 (C, H, W). See the module docstring."""
-    x = _unnormalized(spec, sample)
+    # In place on the fresh array `_unnormalized` made: the same float32 operations in the
+    # same order as `(x - mean) / std`, without two more arrays of the input's size per tick.
+    x = np.ascontiguousarray(_unnormalized(spec, sample))
     if isinstance(spec, ImagePreprocess):
         mean, std = _channel_stats(spec)
-        out: FloatArray = (x - mean) / std
+        x -= mean
+        x /= std
     else:
-        out = (x - np.float32(spec.mean)) / np.float32(spec.std)
-    return out.astype(np.float32, copy=False)
+        x -= np.float32(spec.mean)
+        x /= np.float32(spec.std)
+    return x
 
 
 def preprocess_batch(
