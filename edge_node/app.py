@@ -27,9 +27,16 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as paho
 
-from edge_node.runner import SubmodelRunner, latency_summary
-from edge_node.sources import RelaySource, ReplaySource, Source, SourceError, encode_jpeg
-from edge_node.sources import source_for_spec as make_source_for_spec
+from edge_node.runner import SubmodelRunner
+from edge_node.sources import (
+    RelaySource,
+    ReplaySource,
+    Source,
+    SourceError,
+    build_source,
+    encode_jpeg,
+)
+from edge_node.stats import NodeStats
 from edge_node.tick import TickSchedule
 from edvit import sdnotify, topics
 from edvit.bundle import Bundle, load_bundle
@@ -39,7 +46,7 @@ from edvit.mqtt import Message, MqttClient
 from edvit.preprocess import AudioPreprocess, ImagePreprocess, preprocess
 from edvit.preprocess import warm_up_audio as warm_up_audio_frontend
 from edvit.service import StartError, spawn, wait_for_broker
-from edvit.stats import LogThrottle, Window
+from edvit.stats import LogThrottle
 from edvit.wire import WireError, decode_frame, encode_features, encode_frame
 
 log = logging.getLogger("edge_node")
@@ -88,22 +95,14 @@ class EdgeNode:
         self.client: MqttClient | None = None
         self.error: str | None = None
         """Why the node ended by itself (a source broken for good); None otherwise."""
-        self._hashes: dict[str, str] = {}
+        self._routes: list[tuple[str, str, str]] = []
+        """(sub-model, feature topic, model hash) per hosted sub-model, in run order."""
+        self._frame_topic: str | None = None
+        """Where each captured frame is relayed (publish_frames); None: not published."""
         self._tick_thread: threading.Thread | None = None
         self._stats_thread: threading.Thread | None = None
-        self._started_at = time.monotonic()
-        self._lock = threading.Lock()  # guards the counters the stats thread reads
-        self._ticks = 0
-        self._published = 0
-        self._skipped = 0
-        self._misses = 0
-        self._errors = 0
-        self._unsent = 0
-        self._frames = 0
-        self._frames_rejected = 0
-        self._last_tick: int | None = None
-        self._seq = 0
-        self._tick_time = Window()
+        self._stats = NodeStats(node_id, cfg.tick.period_s)
+        self._seq = 0  # feature message sequence number; the tick thread's alone
         self._throttle = LogThrottle(log)
 
     @property
@@ -148,6 +147,8 @@ class EdgeNode:
         self.spec = self.bundle.manifest.preprocess
         self.runner = SubmodelRunner(self.bundle, self.sub_ids, threads=self.node.threads)
         self.source = self._make_source(self.spec)
+        if self.node.publish_frames:
+            self._frame_topic = topics.frame(self.cfg.site, self.node_id)
 
     def stop(self) -> None:
         """Stop the tick loop, close the source, publish the last stats and `stopped`,
@@ -183,14 +184,14 @@ class EdgeNode:
             subs = node_submodels(self.cfg, self.node_id, bundle.manifest)
         except ConfigError as exc:  # it names "site config"; name the actual file
             raise ConfigError(self.config_source, exc.problems) from None
-        self._hashes = {s: bundle.model_hash(s) for s in subs}
+        site = self.cfg.site
+        self._routes = [(s, topics.feat(site, s), bundle.model_hash(s)) for s in subs]
         return subs
 
     def _make_source(self, spec: ImagePreprocess | AudioPreprocess) -> Source:
         """The configured source, checked against the model's input (not opened yet)."""
-        options = self.node.source
         try:
-            return make_source_for_spec(options.kind, options, spec)
+            return build_source(self.node.source, spec)
         except SourceError as exc:
             raise ConfigError(self.config_source, [f"nodes.{self.node_id}.source: {exc}"]) from None
 
@@ -250,8 +251,7 @@ class EdgeNode:
         try:
             frame = decode_frame(msg.payload, max_bytes=MAX_FRAME_BYTES)
         except WireError as exc:
-            with self._lock:
-                self._frames_rejected += 1
+            self._stats.counters.add("rejected")
             self._throttle.warn("frame", "refused a relayed frame on %s: %s", msg.topic, exc)
             return
         source.offer_jpeg(frame.tick, frame.ts, frame.jpeg)
@@ -279,12 +279,11 @@ class EdgeNode:
                     return
                 tick, stalled = schedule.catch_up(tick, self._clock())
                 if stalled and ran:  # before the first tick ran, nothing was missed yet
-                    with self._lock:
-                        self._skipped += stalled
+                    self._stats.counters.add("skipped", stalled)
                 started = time.monotonic()
                 if not self._run_tick(tick):
                     return
-                self._tick_time.add(time.monotonic() - started)
+                self._stats.tick_time.add(time.monotonic() - started)
                 ran += 1
                 watchdog.kick()
                 if self.max_ticks is not None and ran >= self.max_ticks:
@@ -292,8 +291,7 @@ class EdgeNode:
                     return
                 tick, overrun = schedule.after(tick, self._clock())
                 if overrun:
-                    with self._lock:
-                        self._skipped += overrun
+                    self._stats.counters.add("skipped", overrun)
         except Exception as exc:  # a bug: end with an error, so systemd restarts the node
             log.exception("tick loop failed")
             self.error = f"tick loop failed: {exc!r}"
@@ -306,9 +304,9 @@ class EdgeNode:
         source, runner, spec = self.source, self.runner, self.spec
         if source is None or runner is None or spec is None:
             return False
-        with self._lock:
-            self._ticks += 1
-            self._last_tick = tick
+        counters = self._stats.counters
+        counters.add("ticks")
+        self._stats.last_tick = tick
         try:
             sample = source.read(tick)
         except SourceError as exc:
@@ -316,20 +314,17 @@ class EdgeNode:
             log.error("source lost for good: %s", exc)
             return False
         if sample is None:
-            with self._lock:
-                self._misses += 1
+            counters.add("misses")
             return True
         # Replay files are "captured" at the instant the tick stands for; live sources
         # report when the frame was grabbed, a relay when the camera node grabbed it.
         ts = self.schedule.due(tick) if isinstance(source, ReplaySource) else sample.ts
         try:
-            if self.node.publish_frames:
-                self._publish_frame(tick, ts, sample.data)  # before inference: relays start early
-            features = runner.run(preprocess(spec, sample.data))
-            self._publish_features(tick, ts, features)
+            if self._frame_topic is not None:  # before inference: relays start early
+                self._publish_frame(self._frame_topic, tick, ts, sample.data)
+            self._publish_features(tick, ts, runner.run(preprocess(spec, sample.data)))
         except Exception as exc:  # one bad capture or a runtime fault must not end the node
-            with self._lock:
-                self._errors += 1
+            counters.add("errors")
             self._throttle.warn("tick", "tick %d failed: %s", tick, exc, exc_info=True)
         return True
 
@@ -340,30 +335,17 @@ class EdgeNode:
         info = client.publish_bytes(topic, payload, qos=qos)
         return info.rc == paho.MQTT_ERR_SUCCESS
 
-    def _publish_frame(self, tick: int, ts: float, image: Any) -> None:
+    def _publish_frame(self, topic: str, tick: int, ts: float, image: np.ndarray) -> None:
         jpeg = encode_jpeg(image, self.node.jpeg_quality)
-        sent = self._publish(
-            topics.frame(self.cfg.site, self.node_id), encode_frame(tick, ts, jpeg), FRAME_QOS
-        )
-        if sent:
-            with self._lock:
-                self._frames += 1
+        if self._publish(topic, encode_frame(tick, ts, jpeg), FRAME_QOS):
+            self._stats.counters.add("frames")
 
-    def _publish_features(self, tick: int, ts: float, features: dict[str, Any]) -> None:
-        site = self.cfg.site
-        for sub in self.sub_ids:
-            with self._lock:
-                seq = self._seq
-                self._seq += 1
-            payload = encode_features(
-                site, self.node_id, sub, tick, ts, seq, self._hashes[sub], features[sub]
-            )
-            sent = self._publish(topics.feat(site, sub), payload, FEATURE_QOS)
-            with self._lock:
-                if sent:
-                    self._published += 1
-                else:
-                    self._unsent += 1
+    def _publish_features(self, tick: int, ts: float, features: dict[str, np.ndarray]) -> None:
+        site, node_id, counters = self.cfg.site, self.node_id, self._stats.counters
+        for sub, topic, model_hash in self._routes:
+            seq, self._seq = self._seq, self._seq + 1
+            payload = encode_features(site, node_id, sub, tick, ts, seq, model_hash, features[sub])
+            counters.add("published" if self._publish(topic, payload, FEATURE_QOS) else "unsent")
 
     # --- stats --------------------------------------------------------------------------------
 
@@ -375,44 +357,7 @@ class EdgeNode:
                 self.client.publish_json(topic, self.stats(), qos=STATS_QOS)
 
     def stats(self) -> dict[str, Any]:
-        """The stats message (README: edge-node stats): counters since start, inference and
-        tick-work percentiles over the recent window."""
-        runner, source, client = self.runner, self.source, self.client
-        inference: dict[str, Any] = {"p50": None, "p99": None, "per_submodel": {}}
-        if runner is not None:
-            summary = runner.stats()
-            inference = {
-                "p50": summary["p50_ms"],
-                "p99": summary["p99_ms"],
-                "per_submodel": {
-                    s: {"p50": v["p50_ms"], "p99": v["p99_ms"]}
-                    for s, v in summary["per_submodel"].items()
-                },
-            }
-        work = latency_summary(self._tick_time)
-        source_stats: dict[str, Any] = {}
-        if source is not None:
-            source_stats = {"kind": source.kind, "name": source.name, **source.stats.as_dict()}
-        with self._lock:
-            if isinstance(source, RelaySource):
-                source_stats["rejected"] = self._frames_rejected
-            return {
-                "node": self.node_id,
-                "ts": round(self._clock(), 3),
-                "uptime_s": round(time.monotonic() - self._started_at, 1),
-                "submodels": list(self.sub_ids),
-                "period_s": self.cfg.tick.period_s,
-                "ticks": self._ticks,
-                "last_tick": self._last_tick,
-                "published": self._published,
-                "skipped": self._skipped,
-                "misses": self._misses,
-                "errors": self._errors,
-                "unsent": self._unsent,
-                "frames": self._frames,
-                "inference_ms": inference,
-                "tick_ms": {"p50": work["p50_ms"], "p99": work["p99_ms"]},
-                "reconnects": client.reconnects if client is not None else 0,
-                "connected": client.connected if client is not None else False,
-                "source": source_stats,
-            }
+        """The stats message (README: edge-node stats)."""
+        return self._stats.message(
+            self._clock(), self.sub_ids, self.runner, self.source, self.client
+        )

@@ -12,8 +12,8 @@ from edvit.cli import main as edvit_main
 from edvit.config import ConfigError
 from edvit.config.site import (
     BrokerConfig,
-    ImagesSource,
-    RelaySource,
+    ImagesSourceConfig,
+    RelaySourceConfig,
     SiteConfig,
     broker_password,
     load_site_config,
@@ -58,7 +58,7 @@ def test_example_loads_with_paths_made_absolute() -> None:
     assert cfg.site == "home"
     assert len(cfg.nodes) >= 3
     for node in cfg.nodes.values():
-        assert isinstance(node.source, ImagesSource)
+        assert isinstance(node.source, ImagesSourceConfig)
         assert Path(node.source.folder).is_absolute()
         assert Path(node.source.folder) == (REPO / "data" / "digits-test").resolve()
 
@@ -73,10 +73,10 @@ def test_good_config(tmp_path: Path) -> None:
     assert cfg.broker.password_env == "EDVIT_MQTT_PASSWORD"
     assert cfg.broker.password_credential == "mqtt-password"
     relay = cfg.nodes["pi-2"].source
-    assert isinstance(relay, RelaySource)
+    assert isinstance(relay, RelaySourceConfig)
     assert relay.camera == "cam-1"
     files = cfg.nodes["files"].source
-    assert isinstance(files, ImagesSource)
+    assert isinstance(files, ImagesSourceConfig)
     assert files.folder == str((tmp_path / "data" / "test").resolve())
     assert files.pattern == "*"
 
@@ -108,6 +108,10 @@ def test_good_config(tmp_path: Path) -> None:
         (
             lambda s: s.replace("{kind: camera, device: 0}", "{kind: camera, device: -1}"),
             "nodes.cam-1.source.camera.device",
+        ),
+        (
+            lambda s: s.replace("{kind: camera, device: 0}", "{kind: camera, width: 0}"),
+            "nodes.cam-1.source.camera.width: Input should be greater than or equal to 1",
         ),
         (lambda s: s.replace("site: lab", "site: a/b"), "site: String should match pattern"),
         (

@@ -20,21 +20,21 @@ import pytest
 import soundfile as sf
 
 from edge_node.sources import (
+    SOURCES,
     AudioRing,
     CameraSource,
     ImagesSource,
     MicrophoneSource,
     RelaySource,
     Sample,
-    Source,
     SourceError,
     VideoSource,
     WavSource,
+    build_source,
     decode_jpeg,
     encode_jpeg,
-    make_source,
-    source_for_spec,
 )
+from edvit.config import site
 from edvit.preprocess import AudioPreprocess, ImagePreprocess, fix_length, preprocess
 
 W, H = 32, 24
@@ -207,8 +207,6 @@ def test_camera_errors_name_the_device(tmp_path: Path) -> None:
         CameraSource(str(missing)).open()
     with pytest.raises(SourceError, match=r"camera 7: OpenCV cannot open it"):
         CameraSource("7").open()  # "7" is a device index; no /dev/video7 here
-    with pytest.raises(SourceError, match="width must be > 0"):
-        CameraSource(0, width=0)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -263,8 +261,8 @@ def test_images_are_rgb_sorted_and_replayed_mod_m(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / ".hidden.png").write_bytes(b"")
 
-    src = ImagesSource(tmp_path)
-    other = ImagesSource(tmp_path)  # started independently: must agree on every tick
+    src = ImagesSource(tmp_path, "*")
+    other = ImagesSource(tmp_path, "*")  # started independently: must agree on every tick
     with src, other:
         assert src.items == ["a_gray.png", "b_red.png", "c_red.jpg"]
         for k in range(-2, 9):
@@ -301,9 +299,9 @@ def test_images_pattern_errors_and_bad_files(tmp_path: Path) -> None:
         assert src.stats.misses == 1
         assert src.read(1) is not None
     with pytest.raises(SourceError, match=r"no image files matching '\*'"):
-        ImagesSource(tmp_path).open()  # only sub-folders at the top
+        ImagesSource(tmp_path, "*").open()  # only sub-folders at the top
     with pytest.raises(SourceError, match=r"missing: not a folder"):
-        ImagesSource(tmp_path / "missing").open()
+        ImagesSource(tmp_path / "missing", "*").open()
 
 
 # --------------------------------------------------------------------------- wav folders
@@ -321,7 +319,7 @@ def test_wav_44k_stereo_becomes_16k_mono_of_clip_length(tmp_path: Path) -> None:
     sf.write(tmp_path / "short.wav", np.stack([short, short], axis=1), 44100, subtype="FLOAT")
     sf.write(tmp_path / "mono16k.wav", 0.1 * np.ones(8000), 16000)
 
-    with WavSource(tmp_path, sample_rate=rate, clip_samples=clip) as src:
+    with WavSource(tmp_path, sample_rate=rate, clip_samples=clip, pattern="**/*") as src:
         assert isinstance(src, WavSource)
         assert src.items == ["long.wav", "mono16k.wav", "short.wav"]
         for k in range(7):
@@ -349,9 +347,9 @@ def test_wav_44k_stereo_becomes_16k_mono_of_clip_length(tmp_path: Path) -> None:
 
 def test_wav_errors(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="no sound files"):
-        WavSource(tmp_path, sample_rate=16000, clip_samples=100).open()
+        WavSource(tmp_path, sample_rate=16000, clip_samples=100, pattern="**/*").open()
     (tmp_path / "bad.wav").write_bytes(b"RIFF....WAVEjunk")
-    with WavSource(tmp_path, sample_rate=16000, clip_samples=100) as src:
+    with WavSource(tmp_path, sample_rate=16000, clip_samples=100, pattern="**/*") as src:
         assert src.read(0) is None
         assert src.stats.errors == 1
 
@@ -482,80 +480,77 @@ def test_microphone_open_without_a_device_fails_clearly(device: str | None) -> N
 # --------------------------------------------------------------------------- factory
 
 
-def test_make_source_builds_each_kind(tmp_path: Path) -> None:
-    write_png(tmp_path / "imgs" / "a.png", np.zeros((4, 4, 3), np.uint8))
-    cases: dict[str, tuple[dict[str, Any], type[Source]]] = {
-        "camera": ({"device": "0", "width": 640, "height": 480, "fps": 15}, CameraSource),
-        "microphone": ({"device": None}, MicrophoneSource),
-        "video": ({"path": "clip.mp4"}, VideoSource),
-        "images": ({"folder": "imgs", "pattern": "*.png"}, ImagesSource),
-        "wav": ({"folder": "sounds"}, WavSource),
-        "relay": ({"camera": "cam-1"}, RelaySource),
-    }
-    for kind, (options, cls) in cases.items():
-        src = make_source(kind, options, base_dir=tmp_path, sample_rate=16000, clip_samples=16000)
-        assert type(src) is cls
-        assert src.kind == kind
-    cam = make_source("camera", {"device": "0", "width": 640})
+IMAGE = ImagePreprocess(height=8, width=8)
+AUDIO = AudioPreprocess(sample_rate=8000, clip_seconds=0.5)
+
+
+def test_build_source_builds_each_kind_from_its_config(tmp_path: Path) -> None:
+    configs: list[site.SourceConfig] = [
+        site.CameraSourceConfig(kind="camera", device="0", width=640, height=480, fps=15),
+        site.MicrophoneSourceConfig(kind="microphone"),
+        site.VideoSourceConfig(kind="video", path=str(tmp_path / "clip.mp4")),
+        site.ImagesSourceConfig(kind="images", folder=str(tmp_path / "imgs"), pattern="*.png"),
+        site.WavSourceConfig(kind="wav", folder=str(tmp_path / "sounds")),
+        site.RelaySourceConfig(kind="relay", camera="cam-1"),
+    ]
+    assert sorted(c.kind for c in configs) == sorted(SOURCES)
+    for cfg in configs:
+        src = build_source(cfg, AUDIO if SOURCES[cfg.kind].delivers == "audio" else IMAGE)
+        assert type(src) is SOURCES[cfg.kind]
+        assert src.kind == cfg.kind
+
+    cam = build_source(site.CameraSourceConfig(kind="camera", device="0", width=640), IMAGE)
     assert isinstance(cam, CameraSource)
-    assert cam.device == 0
-    assert cam.width == 640
-    file_cam = make_source("camera", {"device": "clips/cam.avi"}, base_dir=tmp_path)
+    assert (cam.device, cam.width, cam.height, cam.fps) == (0, 640, None, None)
+    assert not cam.is_file
+    file_cam = build_source(
+        site.CameraSourceConfig(kind="camera", device=str(tmp_path / "c.avi")), IMAGE
+    )
     assert isinstance(file_cam, CameraSource)
-    assert file_cam.device == str(tmp_path / "clips" / "cam.avi")
     assert file_cam.is_file
-    url_cam = make_source("camera", {"device": "rtsp://cam.local/stream"}, base_dir=tmp_path)
+    assert file_cam.pace
+    url_cam = build_source(
+        site.CameraSourceConfig(kind="camera", device="rtsp://cam.local/s"), IMAGE
+    )
     assert isinstance(url_cam, CameraSource)
-    assert url_cam.device == "rtsp://cam.local/stream"
+    assert url_cam.device == "rtsp://cam.local/s"
     assert not url_cam.pace
-    images = make_source("images", {"folder": "imgs"}, base_dir=tmp_path)
+
+    # the config's defaults are the sources' defaults
+    write_png(tmp_path / "imgs" / "a.png", np.zeros((4, 4, 3), np.uint8))
+    images = build_source(
+        site.ImagesSourceConfig(kind="images", folder=str(tmp_path / "imgs")), IMAGE
+    )
     assert isinstance(images, ImagesSource)
-    assert images.folder == tmp_path / "imgs"
-    with images:
-        assert images.read(0) is not None
-
-
-def test_make_source_takes_the_site_config_models(tmp_path: Path) -> None:
-    from edvit.config import site
-
-    write_png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
-    images = make_source("images", site.ImagesSource(kind="images", folder=str(tmp_path)))
-    assert isinstance(images, ImagesSource)
+    assert (images.folder, images.pattern) == (tmp_path / "imgs", "*")
     with images:
         assert images.items == ["a.png"]
-    cam = make_source("camera", site.CameraSource(kind="camera", device=2, width=320))
-    assert isinstance(cam, CameraSource)
-    assert (cam.device, cam.width, cam.height) == (2, 320, None)
-    video = make_source("video", site.VideoSource(kind="video", path="x.mp4"), base_dir=tmp_path)
-    assert isinstance(video, VideoSource)
-    assert video.path == tmp_path / "x.mp4"
-    relay = make_source("relay", site.RelaySource(kind="relay", camera="door-cam"))
+        assert images.read(0) is not None
+    relay = build_source(site.RelaySourceConfig(kind="relay", camera="door-cam"), IMAGE)
     assert isinstance(relay, RelaySource)
-    assert relay.camera == "door-cam"
-    mic = source_for_spec("microphone", site.MicrophoneSource(kind="microphone"), AudioPreprocess())
+    assert (relay.camera, relay.wait) == ("door-cam", 0.2)
+    mic = build_source(site.MicrophoneSourceConfig(kind="microphone"), AUDIO)
     assert isinstance(mic, MicrophoneSource)
-    assert mic.device is None
-    wav = source_for_spec(
-        "wav", site.WavSource(kind="wav", folder=str(tmp_path)), AudioPreprocess()
-    )
+    assert (mic.device, mic.sample_rate, mic.clip_samples) == (None, 8000, 4000)
+    wav = build_source(site.WavSourceConfig(kind="wav", folder=str(tmp_path)), AUDIO)
     assert isinstance(wav, WavSource)
-    with pytest.raises(SourceError, match="options say kind 'relay'"):
-        make_source("camera", site.RelaySource(kind="relay", camera="door-cam"))
+    assert (wav.pattern, wav.sample_rate, wav.clip_samples) == ("**/*", 8000, 4000)
 
 
-def test_make_source_refuses_bad_options() -> None:
-    with pytest.raises(SourceError, match="unknown source kind 'webcam'"):
-        make_source("webcam", {})
-    with pytest.raises(SourceError, match=r"unknown option\(s\) \['folder'\]"):
-        make_source("video", {"path": "x.mp4", "folder": "y"})
-    with pytest.raises(SourceError, match=r"missing option\(s\) \['device'\]"):
-        make_source("camera", {})
-    with pytest.raises(SourceError, match="needs the bundle's sample_rate"):
-        make_source("wav", {"folder": "x"})
-    with pytest.raises(SourceError, match="model takes audio; a 'camera' source"):
-        source_for_spec("camera", {"device": 0}, AudioPreprocess())
-    with pytest.raises(SourceError, match="model takes images; a 'wav' source"):
-        source_for_spec("wav", {"folder": "x"}, ImagePreprocess(height=8, width=8))
-    mic = source_for_spec("microphone", {}, AudioPreprocess(sample_rate=8000, clip_seconds=0.5))
-    assert isinstance(mic, MicrophoneSource)
-    assert (mic.sample_rate, mic.clip_samples) == (8000, 4000)
+def test_build_source_refuses_a_source_the_model_cannot_take() -> None:
+    with pytest.raises(
+        SourceError,
+        match=r"model takes audio; a 'camera' source delivers images "
+        r"\(use one of \['microphone', 'wav'\]\)",
+    ):
+        build_source(site.CameraSourceConfig(kind="camera", device=0), AUDIO)
+    with pytest.raises(
+        SourceError,
+        match=r"model takes images; a 'wav' source delivers audio "
+        r"\(use one of \['camera', 'images', 'relay', 'video'\]\)",
+    ):
+        build_source(site.WavSourceConfig(kind="wav", folder="x"), IMAGE)
+    with pytest.raises(SourceError, match="model takes images; a 'microphone' source"):
+        build_source(site.MicrophoneSourceConfig(kind="microphone"), IMAGE)
+    with pytest.raises(SourceError, match="model takes audio; a 'relay' source"):
+        build_source(site.RelaySourceConfig(kind="relay", camera="cam-1"), AUDIO)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from edvit import media
 from edvit.config.base import StrictModel
 from edvit.config.loader import ConfigError, load_config
 from edvit.ids import Id
@@ -192,7 +193,7 @@ class AggregatorConfig(StrictModel):
     )
 
 
-class CameraSource(StrictModel):
+class CameraSourceConfig(StrictModel):
     """A live camera (OpenCV VideoCapture); the newest frame is used, never a backlog."""
 
     kind: Literal["camera"] = Field(description="Selects a live camera.")
@@ -214,7 +215,7 @@ class CameraSource(StrictModel):
         return value
 
 
-class MicrophoneSource(StrictModel):
+class MicrophoneSourceConfig(StrictModel):
     """A live microphone (sounddevice); the sample rate is the bundle's preprocessing rate."""
 
     kind: Literal["microphone"] = Field(description="Selects a live microphone.")
@@ -223,38 +224,44 @@ class MicrophoneSource(StrictModel):
     )
 
 
-class VideoSource(StrictModel):
+class VideoSourceConfig(StrictModel):
     """Replay of a video file: tick k shows frame k mod (frames)."""
 
     kind: Literal["video"] = Field(description="Selects a video file.")
     path: str = Field(min_length=1, description="The video file; relative to this config.")
 
 
-class ImagesSource(StrictModel):
-    """Replay of image files: tick k shows file k mod M, in sorted name order."""
+class _FolderSourceConfig(StrictModel):
+    """Replay of the files of a folder: tick k shows file k mod M, in sorted name order."""
+
+    folder: str = Field(min_length=1, description="The folder; relative to this config.")
+
+
+def _pattern(default: str, extensions: frozenset[str]) -> Any:
+    """The `pattern` option of a folder source; only the files `edvit.media` reads count."""
+    return Field(
+        default=default,
+        min_length=1,
+        description=f"Glob in the folder (`**/*` recurses); only {', '.join(sorted(extensions))} "
+        "files are used.",
+    )
+
+
+class ImagesSourceConfig(_FolderSourceConfig):
+    """Replay of image files, each as the training read it."""
 
     kind: Literal["images"] = Field(description="Selects a folder of images.")
-    folder: str = Field(min_length=1, description="The folder; relative to this config.")
-    pattern: str = Field(
-        default="*",
-        min_length=1,
-        description="Glob in the folder (`**/*.png` recurses); only image files are used.",
-    )
+    pattern: str = _pattern("*", media.IMAGE_EXTENSIONS)
 
 
-class WavSource(StrictModel):
-    """Replay of sound files: tick k plays file k mod M, in sorted name order."""
+class WavSourceConfig(_FolderSourceConfig):
+    """Replay of sound files, each resampled and fixed to the bundle's clip length."""
 
-    kind: Literal["wav"] = Field(description="Selects a folder of WAV files.")
-    folder: str = Field(min_length=1, description="The folder; relative to this config.")
-    pattern: str = Field(
-        default="**/*",
-        min_length=1,
-        description="Glob in the folder; only sound files (.wav, .flac, .ogg) are used.",
-    )
+    kind: Literal["wav"] = Field(description="Selects a folder of sound files.")
+    pattern: str = _pattern("**/*", media.SOUND_EXTENSIONS)
 
 
-class RelaySource(StrictModel):
+class RelaySourceConfig(StrictModel):
     """The frames another (camera) node publishes: the paper's one camera, many devices."""
 
     kind: Literal["relay"] = Field(description="Selects another node's published frames.")
@@ -268,16 +275,22 @@ class RelaySource(StrictModel):
     )
 
 
-Source = Annotated[
-    CameraSource | MicrophoneSource | VideoSource | ImagesSource | WavSource | RelaySource,
+SourceConfig = Annotated[
+    CameraSourceConfig
+    | MicrophoneSourceConfig
+    | VideoSourceConfig
+    | ImagesSourceConfig
+    | WavSourceConfig
+    | RelaySourceConfig,
     Field(discriminator="kind"),
 ]
+"""A node's capture source; `edge_node.sources.build_source` turns it into the running one."""
 
 
 class NodeConfig(StrictModel):
     """One edge node: where its samples come from and how it runs."""
 
-    source: Source = Field(description="What the node captures; `kind` selects the source.")
+    source: SourceConfig = Field(description="What the node captures; `kind` selects the source.")
     submodels: list[Id] | None = Field(
         default=None,
         min_length=1,
