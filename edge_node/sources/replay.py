@@ -58,7 +58,7 @@ class ReplaySource(Source):
         return self._deliver(Sample(tick=tick, ts=time.time(), data=data, item=self._items[i]))
 
     def close(self) -> None:
-        """Nothing to release between reads (a video's capture: see VideoSource)."""
+        """A list of files holds nothing open (VideoSource releases its capture)."""
 
 
 class FolderSource(ReplaySource):
