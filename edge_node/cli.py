@@ -33,7 +33,7 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-node",
-        description="Capture, run this node's sub-models and publish features (see DESIGN.md).",
+        description="Capture, run this node's sub-models and publish features (see the README).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one node until SIGTERM / Ctrl-C")
