@@ -25,11 +25,12 @@ from aggregator.alignment import Aligner, Emitted
 from aggregator.discovery import discovery_messages
 from aggregator.fusion import Fuser
 from edvit import sdnotify, topics
-from edvit.bundle import Bundle, load_bundle
+from edvit.bundle import Bundle
 from edvit.config.site import SiteConfig
 from edvit.jsonfmt import compact_json
 from edvit.mqtt import Message, MqttClient
 from edvit.service import spawn, wait_for_broker
+from edvit.signing import load_site_bundle
 from edvit.stats import LogThrottle, Window
 from edvit.wire import REASONS, WireError, decode_features, encode_result
 
@@ -122,8 +123,9 @@ class Aggregator:
     # --- start steps --------------------------------------------------------------------------
 
     def _load_bundle(self) -> Bundle:
-        """Load the bundle, verifying every sha256 (BundleError names a bad file)."""
-        bundle = load_bundle(self.bundle_dir)
+        """Load the bundle, verifying every sha256 and the signature the site asks for
+        (BundleError names a bad file)."""
+        bundle = load_site_bundle(self.bundle_dir, self.cfg)
         self._expected = {
             s.id: (bundle.model_hash(s.id), s.feature_dim) for s in bundle.manifest.submodels
         }

@@ -13,11 +13,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from edvit.bundle import BundleError, load_bundle
+from edvit.bundle import BundleError
 from edvit.config import ConfigError
 from edvit.config.site import load_site_config, site_problems, with_broker
 from edvit.fusion import FusionError
 from edvit.service import add_run_args, serve, setup_logging, stop_on_signals
+from edvit.signing import load_site_bundle
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +48,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = with_broker(load_site_config(args.config), args.broker)
         if args.validate_config:
-            bundle = load_bundle(args.bundle)
+            bundle = load_site_bundle(args.bundle, cfg, str(args.config))
             problems = site_problems(cfg, bundle.manifest)
             if problems:
                 raise ConfigError(str(args.config), problems)

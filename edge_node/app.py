@@ -39,13 +39,14 @@ from edge_node.sources import (
 from edge_node.stats import NodeStats
 from edge_node.tick import TickSchedule
 from edvit import sdnotify, topics
-from edvit.bundle import Bundle, load_bundle
+from edvit.bundle import Bundle
 from edvit.config import ConfigError
 from edvit.config.site import NodeConfig, SiteConfig, node_submodels
 from edvit.mqtt import Message, MqttClient
 from edvit.preprocess import AudioPreprocess, ImagePreprocess, preprocess
 from edvit.preprocess import warm_up_audio as warm_up_audio_frontend
 from edvit.service import StartError, spawn, wait_for_broker
+from edvit.signing import load_site_bundle
 from edvit.stats import LogThrottle
 from edvit.wire import WireError, decode_frame, encode_features, encode_frame
 
@@ -175,8 +176,9 @@ class EdgeNode:
     # --- start steps --------------------------------------------------------------------------
 
     def _load_bundle(self) -> Bundle:
-        """Load the bundle, verifying every sha256 (BundleError names a bad file)."""
-        return load_bundle(self.bundle_dir)
+        """Load the bundle, verifying every sha256 and the signature the site asks for
+        (BundleError names a bad file)."""
+        return load_site_bundle(self.bundle_dir, self.cfg, self.config_source)
 
     def _resolve_submodels(self, bundle: Bundle) -> list[str]:
         """The node's `submodels`, else the bundle plan's assignment to this node id."""

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from edvit.bundle import BundleError, load_bundle
+from edvit.bundle import Bundle, BundleError, load_bundle
 from edvit.config import ConfigError, DevicesFile, load_config
 from edvit.config.loader import load_yaml
 from edvit.config.recipe import Recipe
-from edvit.config.site import SiteConfig
+from edvit.config.site import SiteConfig, load_site_config
+from edvit.signing import check_site_signature, describe_signature
 
 # kind → (the top-level key that marks a YAML file as that kind, its model)
 CONFIG_KINDS: dict[str, tuple[str, type[BaseModel]]] = {
@@ -36,26 +37,46 @@ def _kind_of(path: Path) -> type[BaseModel]:
     )
 
 
-def _validate_one(path: Path, kind: str | None) -> str:
-    """What `path` is, once it has validated; raises ConfigError or BundleError."""
+def _validate_one(path: Path, kind: str | None) -> tuple[str, BaseModel | Bundle]:
+    """What `path` is, once it has validated, and what it holds; raises ConfigError or
+    BundleError."""
     if path.is_dir() or path.name == "manifest.json":
         bundle = load_bundle(path)
-        return f"bundle, {len(bundle.manifest.submodels)} sub-models, every sha256 verified"
+        what = (
+            f"bundle, {len(bundle.manifest.submodels)} sub-models, every sha256 verified, "
+            f"{describe_signature(bundle)}"
+        )
+        return what, bundle
     model = CONFIG_KINDS[kind][1] if kind else _kind_of(path)
-    load_config(path, model)
-    return model.__name__
+    if model is SiteConfig:  # its key files are relative to it
+        return model.__name__, load_site_config(path)
+    return model.__name__, load_config(path, model)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    """Each file on its own, then each bundle against each site config's trusted keys."""
     failed = 0
+    sites: list[tuple[str, SiteConfig]] = []
+    bundles: list[Bundle] = []
     for name in args.files:
         try:
-            what = _validate_one(Path(name), args.kind)
+            what, loaded = _validate_one(Path(name), args.kind)
         except (ConfigError, BundleError) as exc:
             print(exc, file=sys.stderr)
             failed += 1
             continue
         print(f"{name}: ok ({what})")
+        if isinstance(loaded, SiteConfig):
+            sites.append((name, loaded))
+        elif isinstance(loaded, Bundle):
+            bundles.append(loaded)
+    for site_name, cfg in sites:
+        for bundle in bundles:
+            try:
+                print(check_site_signature(bundle, cfg, site_name).note)
+            except (ConfigError, BundleError) as exc:
+                print(exc, file=sys.stderr)
+                failed += 1
     return 2 if failed else 0
 
 
@@ -87,7 +108,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edvit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    validate = sub.add_parser("validate", help="check config files, naming every bad key")
+    validate = sub.add_parser(
+        "validate",
+        help="check config files, naming every bad key; bundles against site configs' keys",
+    )
     validate.add_argument("files", nargs="+", help="YAML config files or bundle directories")
     validate.add_argument("--kind", choices=sorted(CONFIG_KINDS), help="skip detection")
     validate.set_defaults(func=_cmd_validate)

@@ -2,7 +2,8 @@
 
 Stages: data (load, split, fit the front-end's normalisation, preprocess), base model,
 class groups, plan, one sub-model per group (prune, then distil), fusion MLP, export
-(ONNX + safetensors, parity-checked), evaluation of the exported bundle, manifest, report.
+(ONNX + safetensors, parity-checked), evaluation of the exported bundle, manifest, report,
+signature (with a key).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Literal, cast
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.numpy import load_file as load_arrays
 from safetensors.numpy import save_file as save_arrays
 from timm.models.vision_transformer import VisionTransformer
@@ -28,6 +30,7 @@ from edvit.config import DevicesFile, load_config
 from edvit.config.recipe import Grouping, PruneMethod, Recipe
 from edvit.plan import SubmodelPlan
 from edvit.preprocess import fit_normalization, parse_preprocess, preprocess_batch
+from edvit.signing import SIGNATURE, remove_signature, sign_bundle
 from modelgen.cache import StageCache, content_key
 from modelgen.distill import distill
 from modelgen.export import (
@@ -436,8 +439,10 @@ def build(
     out: Path,
     log: Log = print,
     cache_dir: Path | None = None,
+    sign: Ed25519PrivateKey | None = None,
 ) -> Manifest:
-    """Run every stage of `recipe` and write the bundle to `out` (cache: `out/.cache`)."""
+    """Run every stage of `recipe` and write the bundle to `out` (cache: `out/.cache`), signed
+    with `sign` if given (else a signature left from an earlier build is removed)."""
     from modelgen.evaluate import evaluate_bundle
     from modelgen.report import write_report
 
@@ -473,6 +478,10 @@ def build(
     metrics["submodel_train"] = {s.plan.id: s.metrics for s in subs}
     manifest = write_manifest(out, manifest.model_copy(update={"metrics": metrics}))
     write_report(out)
+    if sign is not None:
+        log(f"signed by key id {sign_bundle(out, sign).key_id} → {out / SIGNATURE}")
+    elif remove_signature(out):
+        log(f"removed {out / SIGNATURE}: it signed an earlier build (sign with --sign KEY)")
     log(
         f"done: base {metrics['base_acc']:.4f}, fused {metrics['fused_acc']:.4f}, "
         f"in {metrics['build_seconds']:.0f} s → {out}"
@@ -480,11 +489,14 @@ def build(
     return manifest
 
 
-def build_file(recipe_path: Path, out: Path, log: Log = print) -> Manifest:
-    """`modelgen build RECIPE --out DIR`: relative paths in the recipe are from its folder."""
+def build_file(
+    recipe_path: Path, out: Path, log: Log = print, sign: Ed25519PrivateKey | None = None
+) -> Manifest:
+    """`modelgen build RECIPE --out DIR [--sign KEY]`: relative paths in the recipe are from
+    its folder."""
     recipe = load_config(recipe_path, Recipe)
     try:
-        return build(recipe, recipe_path.resolve().parent, out, log)
+        return build(recipe, recipe_path.resolve().parent, out, log, sign=sign)
     except BuildError as exc:
         raise BuildError(f"{recipe_path}: {exc}") from None
 

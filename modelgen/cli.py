@@ -1,4 +1,4 @@
-"""`modelgen`: the offline commands: stats, plan, build, eval, report, dataset."""
+"""`modelgen`: the offline commands: stats, plan, build, eval, report, dataset, keygen, sign."""
 
 from __future__ import annotations
 
@@ -11,6 +11,15 @@ from pathlib import Path
 from edvit.bundle import BundleError
 from edvit.config import ConfigError, DevicesFile, load_config
 from edvit.plan import Plan
+from edvit.signing import (
+    SIGNATURE,
+    KeyFileError,
+    generate_keypair,
+    key_id,
+    public_text,
+    read_private_key,
+    sign_bundle,
+)
 from modelgen.planning import PlanError, contiguous_groups, make_plan
 from modelgen.sizing import vit_stats
 from modelgen.vit_shape import ShapeError, ViTShape, parse_arch
@@ -104,9 +113,33 @@ def _cmd_build(args: argparse.Namespace) -> None:
     from modelgen.export import ExportError
 
     try:
-        build_file(Path(args.recipe), Path(args.out), log=lambda msg: print(msg, file=sys.stderr))
-    except (BuildError, DatasetError, ExportError, BundleError) as exc:
+        key = None if args.sign is None else read_private_key(Path(args.sign))  # before hours
+        build_file(
+            Path(args.recipe),
+            Path(args.out),
+            log=lambda msg: print(msg, file=sys.stderr),
+            sign=key,
+        )
+    except (BuildError, DatasetError, ExportError, BundleError, KeyFileError) as exc:
         raise CliError(str(exc)) from None
+
+
+def _cmd_keygen(args: argparse.Namespace) -> None:
+    try:
+        public, key = generate_keypair(Path(args.out))
+    except KeyFileError as exc:
+        raise CliError(str(exc)) from None
+    print(f"{args.out}: private key (keep it secret; `modelgen build --sign`, `modelgen sign`)")
+    print(f"{public}: public key, key id {key_id(key)}; trust it in the site config as")
+    print(f"  bundle: {{trusted_keys: [{public_text(key)}]}}")
+
+
+def _cmd_sign(args: argparse.Namespace) -> None:
+    try:
+        sig = sign_bundle(Path(args.bundle), read_private_key(Path(args.key)))
+    except (BundleError, KeyFileError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"{Path(args.bundle) / SIGNATURE}: signed by key id {sig.key_id}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -185,7 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="the whole offline pipeline: recipe → bundle")
     build.add_argument("recipe", help="recipe YAML (config/modelgen/*.yaml)")
     build.add_argument("--out", required=True, help="bundle directory (stages cached inside)")
+    build.add_argument("--sign", metavar="KEY", help="sign the bundle with this private key")
     build.set_defaults(func=_cmd_build)
+
+    keygen = sub.add_parser("keygen", help="a new ed25519 key pair for signing bundles")
+    keygen.add_argument("--out", required=True, help="private key file; PATH.pub gets the public")
+    keygen.set_defaults(func=_cmd_keygen)
+
+    sign = sub.add_parser("sign", help="verify a bundle, then sign it (writes manifest.sig)")
+    sign.add_argument("bundle", help="bundle directory")
+    sign.add_argument("--key", required=True, help="private key file (modelgen keygen)")
+    sign.set_defaults(func=_cmd_sign)
 
     ev = sub.add_parser("eval", help="accuracy of a bundle, run as the site runs it")
     ev.add_argument("bundle", help="bundle directory")

@@ -49,13 +49,13 @@ def tiny_keywords_data(root: str = "words") -> dict[str, Any]:
     }
 
 
-def build_bundle(root: Path, recipe: dict[str, Any], timeout: float = 600) -> Path:
-    """`modelgen build` of `recipe` into `root/bundle`, as a user runs it."""
+def build_bundle(root: Path, recipe: dict[str, Any], *options: str, timeout: float = 600) -> Path:
+    """`modelgen build` of `recipe` into `root/bundle` (plus `options`), as a user runs it."""
     path = root / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = root / "bundle"
     proc = subprocess.run(
-        [str(BIN / "modelgen"), "build", str(path), "--out", str(out)],
+        [str(BIN / "modelgen"), "build", str(path), "--out", str(out), *options],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -15,13 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from edvit import media
 from edvit.config.base import StrictModel
 from edvit.config.loader import ConfigError, load_config
 from edvit.ids import Id
+from edvit.signing import PUBLIC_PREFIX, parse_public_key, read_trusted_keys
 
 if TYPE_CHECKING:
     from edvit.bundle import Manifest
@@ -330,6 +331,27 @@ class NodeConfig(StrictModel):
         return self
 
 
+def _inline_key(entry: str) -> str:
+    """An inline `ed25519:` key must parse here (naming its line); files are read on load."""
+    if entry.startswith(PUBLIC_PREFIX):
+        parse_public_key(entry)
+    return entry
+
+
+TrustedKey = Annotated[str, Field(min_length=1), AfterValidator(_inline_key)]
+
+
+class BundleConfig(StrictModel):
+    """Which bundles the site runs: with trusted keys, only bundles signed by one of them."""
+
+    trusted_keys: list[TrustedKey] = Field(
+        default_factory=list,
+        description="Public keys whose signature a bundle must carry (`modelgen keygen` makes "
+        "them): inline `ed25519:<base64>`, or a key file (PATH.pub or PEM) relative to this "
+        "config. Empty: signatures are not checked (a warning at start).",
+    )
+
+
 class SiteConfig(StrictModel):
     """The site config file (`edvit validate` recognises it by its `site` key)."""
 
@@ -341,6 +363,9 @@ class SiteConfig(StrictModel):
     )
     nodes: dict[Id, NodeConfig] = Field(
         default_factory=dict, description="Edge nodes by node id (the systemd instance name)."
+    )
+    bundle: BundleConfig = Field(
+        default_factory=BundleConfig, description="Which bundles the site accepts."
     )
 
     @model_validator(mode="after")
@@ -406,6 +431,9 @@ def load_site_config(path: str | Path) -> SiteConfig:
         for key in ("path", "folder"):
             if key in source:
                 source[key] = _absolute(source[key], base)
+    keys = data["bundle"]["trusted_keys"]
+    keys[:] = [k if k.startswith(PUBLIC_PREFIX) else _absolute(k, base) for k in keys]
+    read_trusted_keys(keys, str(path))  # a key file that is no key stops start-up here
     return SiteConfig.model_validate(data)
 
 
