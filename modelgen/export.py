@@ -30,7 +30,7 @@ from edvit.onnx import ONNX_INPUT, ONNX_OUTPUTS, ort_session
 from edvit.plan import SubmodelPlan
 from modelgen.fusion_model import FusionMLP, save_fusion
 from modelgen.model import ModelConfig, features_and_logits, save_model
-from modelgen.sizing import BYTES_PER_PARAM, MIB, count_macs, count_params, vit_stats
+from modelgen.sizing import vit_stats
 from modelgen.vit_shape import ViTShape
 
 OPSET = 17
@@ -235,17 +235,17 @@ def submodel_entry(
 ) -> SubmodelEntry:
     """The manifest entry of an exported sub-model; sizes are counted from its real shape."""
     shape = config.shape
-    params = count_params(shape, config.num_outputs)
+    stats = vit_stats(shape, config.num_outputs)
     return SubmodelEntry(
         id=plan.id,
         classes=list(plan.classes),
-        heads=shape.num_heads,
-        embed_dim=shape.embed_dim,
-        feature_dim=shape.embed_dim,
+        heads=stats.heads,
+        embed_dim=stats.embed_dim,
+        feature_dim=stats.embed_dim,
         outputs=config.num_outputs,
-        params=params,
-        size_mib=params * BYTES_PER_PARAM / MIB,
-        gmacs=count_macs(shape, config.num_outputs)[0] / 1e9,
+        params=stats.params,
+        size_mib=stats.size_mib,
+        gmacs=stats.gmacs,
         input_shape=[shape.in_chans, *shape.img_size],
         onnx=onnx,
         safetensors=safetensors,

@@ -6,7 +6,7 @@ Conventions (the paper's, §3): `gmacs` counts the linear and convolution layers
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from modelgen.vit_shape import ViTShape
 
@@ -43,32 +43,54 @@ def count_macs(shape: ViTShape, num_classes: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class ModelStats:
-    """The JSON contract of `modelgen stats`."""
+    """Size and compute of one shape; `to_json` is the JSON contract of `modelgen stats`."""
 
     arch: str
     heads: int
     embed_dim: int
     depth: int
     params: int
-    size_mib: float
-    gmacs: float
-    gmacs_total: float
+    macs: int  # linear and convolution layers, one sample
+    attention_macs: int  # QKᵀ and AV, one sample
+
+    @property
+    def size_bytes(self) -> int:
+        return self.params * BYTES_PER_PARAM
+
+    @property
+    def size_mib(self) -> float:
+        return self.size_bytes / MIB
+
+    @property
+    def gmacs(self) -> float:
+        return self.macs / 1e9
+
+    @property
+    def gmacs_total(self) -> float:
+        return (self.macs + self.attention_macs) / 1e9
 
     def to_json(self) -> dict[str, object]:
-        return asdict(self)
+        return {
+            "arch": self.arch,
+            "heads": self.heads,
+            "embed_dim": self.embed_dim,
+            "depth": self.depth,
+            "params": self.params,
+            "size_mib": self.size_mib,
+            "gmacs": self.gmacs,
+            "gmacs_total": self.gmacs_total,
+        }
 
 
 def vit_stats(shape: ViTShape, num_classes: int) -> ModelStats:
-    """Params, fp32 MiB and GMACs of `shape` with a `num_classes`-way head."""
-    params = count_params(shape, num_classes)
+    """Params, fp32 size and MACs of `shape` with a `num_classes`-way head."""
     linear, attention = count_macs(shape, num_classes)
     return ModelStats(
         arch=shape.name,
         heads=shape.num_heads,
         embed_dim=shape.embed_dim,
         depth=shape.depth,
-        params=params,
-        size_mib=params * BYTES_PER_PARAM / MIB,
-        gmacs=linear / 1e9,
-        gmacs_total=(linear + attention) / 1e9,
+        params=count_params(shape, num_classes),
+        macs=linear,
+        attention_macs=attention,
     )
