@@ -25,10 +25,9 @@ import numpy as np
 
 from edvit.config import load_config
 from edvit.config.recipe import Grouping, PruneMethod, Recipe
-from edvit.plan import SubmodelPlan
 from modelgen.build import Workspace, build, open_workspace, prepare, train_submodel
 from modelgen.evaluate import evaluate_bundle
-from modelgen.sizing import BYTES_PER_PARAM, MIB, count_macs, count_params
+from modelgen.planning.plan import submodel_plan
 from modelgen.train import accuracy, predict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,18 +60,7 @@ def _single(ws: Workspace, n: int, heads: int) -> dict[str, Any]:
     """One model of the N-th sub-model's size: pruned from the base, distilled on all classes."""
     data, base = prepare(ws)
     c = len(data.classes)
-    shape = ws.shape.with_heads(heads)
-    params = count_params(shape, c)
-    sp = SubmodelPlan(
-        id=f"single{heads}",
-        classes=list(range(c)),
-        heads=heads,
-        embed_dim=shape.embed_dim,
-        outputs=c,
-        params=params,
-        size_mib=params * BYTES_PER_PARAM / MIB,
-        gmacs=count_macs(shape, c)[0] / 1e9,
-    )
+    sp = submodel_plan(f"single{heads}", range(c), ws.shape, heads, c)
     sub = train_submodel(ws, base, data, sp)
     return {
         "n": n,

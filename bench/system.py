@@ -38,8 +38,9 @@ from edvit.mqtt import no_delay
 from edvit.wire import encode_features
 from modelgen.export import base_entry, export_fusion, export_submodel, fusion_entry, submodel_entry
 from modelgen.fusion_model import FusionMLP
+from modelgen.grouping import contiguous_groups
 from modelgen.model import ModelConfig, build_vit
-from modelgen.planning import contiguous_groups, make_plan
+from modelgen.planning import make_plan
 from modelgen.vit_shape import parse_arch
 
 ROOT = Path(__file__).resolve().parent.parent

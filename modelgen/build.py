@@ -28,6 +28,7 @@ from timm.models.vision_transformer import VisionTransformer
 from edvit.bundle import SCHEMA_VERSION, Manifest, write_manifest
 from edvit.config import DevicesFile, load_config
 from edvit.config.recipe import Grouping, PruneMethod, Recipe
+from edvit.fusion import hidden_size, softmax
 from edvit.plan import SubmodelPlan
 from edvit.preprocess import fit_normalization, parse_preprocess, preprocess_batch
 from edvit.signing import SIGNATURE, remove_signature, sign_bundle
@@ -41,10 +42,10 @@ from modelgen.export import (
     submodel_entry,
 )
 from modelgen.fusion_model import FusionMLP
-from modelgen.grouping import affinity, confusion_groups, within_affinity
+from modelgen.grouping import class_groups
 from modelgen.inputs import Inputs, LazyInputs, inputs_nbytes
 from modelgen.model import ModelConfig, build_vit, features_and_logits, load_model, save_model
-from modelgen.planning import Plan, contiguous_groups, make_plan
+from modelgen.planning import Plan, make_plan
 from modelgen.pruning import prune_for_group
 from modelgen.train import accuracy, cross_entropy_loss, fit, predict, seed_everything
 from modelgen.vit_shape import ShapeError, ViTShape, parse_arch
@@ -286,29 +287,13 @@ def _stage_base(ws: Workspace, data: Prepared) -> Base:
     return Base(key, model, load_arrays(str(d / "logits.safetensors")), metrics)
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return np.asarray(e / e.sum(axis=1, keepdims=True))
-
-
 def _groups(
-    recipe: Recipe, base: Base, data: Prepared, n: int
+    base: Base, data: Prepared, method: Grouping, n: int
 ) -> tuple[list[list[int]], dict[str, Any]]:
     c = len(data.classes)
     if n > c:
         raise BuildError(f"plan: {n} sub-models for {c} classes; at most one per class")
-    a = affinity(_softmax(base.logits["val"]), data.y["val"], c)
-    contiguous = contiguous_groups(c, n)
-    confusion = confusion_groups(a, n)
-    chosen = confusion if recipe.grouping == Grouping.confusion else contiguous
-    info = {
-        "method": recipe.grouping.value,
-        "within_affinity": {
-            "contiguous": within_affinity(contiguous, a),
-            "confusion": within_affinity(confusion, a),
-        },
-    }
-    return chosen, info
+    return class_groups(softmax(base.logits["val"]), data.y["val"], c, n, method)
 
 
 def _stage_submodel(ws: Workspace, base: Base, data: Prepared, sp: SubmodelPlan) -> Sub:
@@ -392,7 +377,7 @@ def _stage_fusion(
             [s.plan.id for s in subs],
             dims,
             len(data.classes),
-            hidden=max(1, round(recipe.fusion.hidden_ratio * sum(dims))),
+            hidden=hidden_size(sum(dims), recipe.fusion.hidden_ratio),
             feature_dropout=recipe.fusion.feature_dropout,
         )
         from edvit.config.recipe import TrainSpec
@@ -455,7 +440,7 @@ def build(
     n = recipe.plan.num_submodels or len(devices or [])
 
     data, base = prepare(ws)
-    groups, grouping = _groups(recipe, base, data, n)
+    groups, grouping = _groups(base, data, recipe.grouping, n)
     plan = make_plan(
         ws.shape,
         len(data.classes),

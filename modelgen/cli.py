@@ -20,7 +20,8 @@ from edvit.signing import (
     read_private_key,
     sign_bundle,
 )
-from modelgen.planning import PlanError, contiguous_groups, make_plan
+from modelgen.grouping import contiguous_groups
+from modelgen.planning import PlanError, make_plan
 from modelgen.sizing import vit_stats
 from modelgen.vit_shape import ShapeError, ViTShape, parse_arch
 

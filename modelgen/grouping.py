@@ -1,24 +1,35 @@
 """Class groups for the sub-models: the paper's contiguous runs, or confusable classes together.
 
-A sub-model separates its own classes from each other and from "others"; classes the base
+Both are balanced: N groups whose sizes differ by at most one (Alg. 1, lines 3–5). A
+sub-model separates its own classes from each other and from "others"; classes the base
 model confuses are best separated by one specialist that sees both, so `confusion_groups`
-maximises the confusion kept inside groups, under the same balanced sizes (differ by ≤ 1).
+maximises the confusion kept inside groups, under the same sizes.
 """
 
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 
-from modelgen.planning import contiguous_groups
+from edvit.config.recipe import Grouping
 
 
-def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts: row = true class, column = predicted class."""
-    m = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(m, (labels, pred), 1)
-    return m
+def contiguous_groups(num_classes: int, n: int) -> list[list[int]]:
+    """Classes 0…C-1 cut into n contiguous runs, the first C mod n one class longer (the paper)."""
+    if n < 1:
+        raise ValueError(f"the number of groups must be at least 1, got {n}")
+    if n > num_classes:
+        raise ValueError(f"cannot cut {num_classes} classes into {n} non-empty groups")
+    base, extra = divmod(num_classes, n)
+    groups: list[list[int]] = []
+    start = 0
+    for i in range(n):
+        size = base + (1 if i < extra else 0)
+        groups.append(list(range(start, start + size)))
+        start += size
+    return groups
 
 
 def affinity(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -67,3 +78,20 @@ def confusion_groups(a: np.ndarray, n: int) -> list[list[int]]:
         _, gi, ci, gj, cj = move
         groups[gi][ci], groups[gj][cj] = groups[gj][cj], groups[gi][ci]
     return sorted(sorted(g) for g in groups)
+
+
+def class_groups(
+    probs: np.ndarray, labels: np.ndarray, num_classes: int, n: int, method: Grouping
+) -> tuple[list[list[int]], dict[str, Any]]:
+    """The groups of `method` from held-out class probabilities, and the affinity each method
+    keeps inside its groups (the bundle's `grouping` metrics)."""
+    a = affinity(probs, labels, num_classes)
+    by_method = {
+        Grouping.contiguous: contiguous_groups(num_classes, n),
+        Grouping.confusion: confusion_groups(a, n),
+    }
+    info = {
+        "method": method.value,
+        "within_affinity": {m.value: within_affinity(g, a) for m, g in by_method.items()},
+    }
+    return by_method[method], info

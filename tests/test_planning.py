@@ -18,11 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from edvit.config import Device, DevicesFile, load_config
+from edvit.config.recipe import Grouping
+from modelgen.grouping import class_groups, contiguous_groups
 from modelgen.planning import (
     DeviceCapacity,
     Item,
@@ -30,7 +33,6 @@ from modelgen.planning import (
     PlanError,
     assign_greedy,
     assign_optimal,
-    contiguous_groups,
     group_ids,
     make_plan,
 )
@@ -280,6 +282,25 @@ def test_groups_partition_and_balance(num_classes: int, data: st.DataObject) -> 
 def test_groups_reject_impossible_counts(num_classes: int, n: int) -> None:
     with pytest.raises(ValueError, match="group"):
         contiguous_groups(num_classes, n)
+
+
+def test_confusion_grouping_keeps_confused_classes_together() -> None:
+    """Six classes, each confused only with its partner three ids away (0↔3, 1↔4, 2↔5):
+    contiguous runs split every pair, confusion grouping keeps each pair in one group."""
+    labels = [c for c in range(6) for _ in range(4)]
+    probs = [
+        [0.8 if j == c else 0.2 if j == (c + 3) % 6 else 0.0 for j in range(6)] for c in labels
+    ]
+    for method, want, kept in [
+        (Grouping.contiguous, [[0, 1], [2, 3], [4, 5]], 0.0),
+        (Grouping.confusion, [[0, 3], [1, 4], [2, 5]], 1.2),
+    ]:
+        groups, info = class_groups(
+            np.array(probs), np.array(labels), num_classes=6, n=3, method=method
+        )
+        assert groups == want
+        assert info["method"] == method.value
+        assert info["within_affinity"][method.value] == pytest.approx(kept)
 
 
 # --- Alg. 3 (greedy) by hand ----------------------------------------------------------------

@@ -315,15 +315,16 @@ def test_units() -> None:
 
 _STATS = """
 from modelgen.cli import main
-import modelgen.sizing, modelgen.vit_shape, modelgen.planning
+import modelgen.sizing, modelgen.vit_shape, modelgen.planning, modelgen.grouping
 args = ["stats", "--arch", "vit_large_patch16_224", "--num-classes", "10", "--json"]
 raise SystemExit(main(args))
 """
 
 
 def test_stats_needs_no_torch() -> None:
-    """`modelgen stats`, sizing and planning run where torch and timm are not installed."""
+    """`modelgen stats`, sizing, planning and grouping run where torch and timm are not
+    installed."""
     run = run_blocked(_STATS, ("torch", "torchvision", "timm"), timeout=60)
     assert run.proc.returncode == 0, run.proc.stderr
-    assert run.attempts == [], "sizing and planning must not import torch or timm"
+    assert run.attempts == [], "sizing, planning and grouping must not import torch"
     assert json.loads(run.proc.stdout)["depth"] == 24

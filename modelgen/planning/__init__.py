@@ -1,9 +1,8 @@
-"""Planning: class groups, sub-model heads under a memory budget (Alg. 1), device assignment."""
+"""Planning: sub-model heads under a memory budget (Alg. 1), device assignment."""
 
 from edvit.plan import Plan, SubmodelPlan
 from modelgen.planning.assign import Assignment, DeviceCapacity, Item, assign_greedy, assign_optimal
-from modelgen.planning.groups import contiguous_groups, group_ids
-from modelgen.planning.plan import PlanError, make_plan
+from modelgen.planning.plan import PlanError, group_ids, make_plan
 
 __all__ = [
     "Assignment",
@@ -14,7 +13,6 @@ __all__ = [
     "SubmodelPlan",
     "assign_greedy",
     "assign_optimal",
-    "contiguous_groups",
     "group_ids",
     "make_plan",
 ]

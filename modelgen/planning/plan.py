@@ -19,8 +19,7 @@ from modelgen.planning.assign import (
     assign_greedy,
     assign_optimal,
 )
-from modelgen.planning.groups import group_ids
-from modelgen.sizing import BYTES_PER_PARAM, MIB, count_macs, count_params
+from modelgen.sizing import MIB, vit_stats
 from modelgen.vit_shape import ViTShape
 
 Solver = Literal["greedy", "optimal"]
@@ -31,15 +30,31 @@ class PlanError(Exception):
     """No plan satisfies the constraints; the message names the binding one."""
 
 
+def group_ids(n: int) -> list[str]:
+    """Sub-model ids `g0 … g{n-1}`, one per group."""
+    return [f"g{i}" for i in range(n)]
+
+
 def submodel_outputs(num_groups: int, classes: Sequence[int]) -> int:
     """A sub-model predicts its group's classes plus one "others" output (none when N = 1)."""
     return len(classes) + (1 if num_groups > 1 else 0)
 
 
-def _size(base: ViTShape, heads: int, outputs: int) -> tuple[int, int]:
-    """(bytes, MACs) of the sub-model with `heads` heads."""
-    shape = base.with_heads(heads)
-    return count_params(shape, outputs) * BYTES_PER_PARAM, count_macs(shape, outputs)[0]
+def submodel_plan(
+    sub_id: str, classes: Sequence[int], base: ViTShape, heads: int, outputs: int
+) -> SubmodelPlan:
+    """The sub-model of `base` with `heads` heads and `outputs` outputs, sized."""
+    stats = vit_stats(base.with_heads(heads), outputs)
+    return SubmodelPlan(
+        id=sub_id,
+        classes=list(classes),
+        heads=stats.heads,
+        embed_dim=stats.embed_dim,
+        outputs=outputs,
+        params=stats.params,
+        size_mib=stats.size_mib,
+        gmacs=stats.gmacs,
+    )
 
 
 def _explain(
@@ -129,9 +144,9 @@ def make_plan(
     outputs = [submodel_outputs(n, g) for g in groups]
     heads = [math.ceil(base.num_heads / n)] * n
     while True:
-        sizes = [_size(base, k, o) for k, o in zip(heads, outputs, strict=True)]
-        items = [Item(i, b, m) for i, (b, m) in zip(ids, sizes, strict=True)]
-        total = sum(b for b, _ in sizes)
+        stats = [vit_stats(base.with_heads(k), o) for k, o in zip(heads, outputs, strict=True)]
+        items = [Item(i, s.size_bytes, s.macs) for i, s in zip(ids, stats, strict=True)]
+        total = sum(s.size_bytes for s in stats)
         fits_budget = budget_mib is None or total <= budget_mib * MIB
         found: Assignment | None = None
         used: str = solver
@@ -140,26 +155,15 @@ def make_plan(
             found, used, note = _assign(items, devices, rate_hz, solver)
         if fits_budget and (devices is None or found is not None):
             break
-        largest = max(range(n), key=lambda j: (sizes[j][0], -j))
+        largest = max(range(n), key=lambda j: (stats[j].size_bytes, -j))
         if heads[largest] == 1:
             raise PlanError(_explain(items, devices or [], rate_hz, budget_mib))
         heads[largest] -= 1
 
-    subs = [
-        SubmodelPlan(
-            id=ids[j],
-            classes=list(groups[j]),
-            heads=heads[j],
-            embed_dim=base.head_dim * heads[j],
-            outputs=outputs[j],
-            params=sizes[j][0] // BYTES_PER_PARAM,
-            size_mib=sizes[j][0] / MIB,
-            gmacs=sizes[j][1] / 1e9,
-        )
-        for j in range(n)
-    ]
+    subs = [submodel_plan(ids[j], groups[j], base, heads[j], outputs[j]) for j in range(n)]
     device_plans = None
     if devices is not None and found is not None:
+        macs = {it.id: it.macs for it in items}
         device_plans = []
         for d in devices:
             mine = [s for s in subs if found.mapping[s.id] == d.id]
@@ -170,7 +174,7 @@ def make_plan(
                     gmacs_per_s=d.gmacs_per_s,
                     submodels=[s.id for s in mine],
                     used_mib=sum(s.size_mib for s in mine),
-                    latency_s=sum(sizes[ids.index(s.id)][1] for s in mine) / (d.gmacs_per_s * 1e9),
+                    latency_s=sum(macs[s.id] for s in mine) / (d.gmacs_per_s * 1e9),
                 )
             )
     return Plan(
