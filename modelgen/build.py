@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from modelgen.export import (
 )
 from modelgen.fusion_model import FusionMLP
 from modelgen.grouping import class_groups
+from modelgen.importance import Importance, KLImportance, MagnitudeImportance
 from modelgen.inputs import Inputs, LazyInputs, inputs_nbytes
 from modelgen.model import ModelConfig, build_vit, features_and_logits, load_model, save_model
 from modelgen.planning import Plan, make_plan
@@ -296,6 +297,13 @@ def _groups(
     return class_groups(softmax(base.logits["val"]), data.y["val"], c, n, method)
 
 
+# How a pruned sub-model is ranked, chosen once from the recipe (random-init prunes nothing).
+IMPORTANCE: dict[PruneMethod, Importance] = {
+    PruneMethod.kl: KLImportance(),
+    PruneMethod.magnitude: MagnitudeImportance(),
+}
+
+
 def _stage_submodel(ws: Workspace, base: Base, data: Prepared, sp: SubmodelPlan) -> Sub:
     recipe, shape, cache, log = ws.recipe, ws.shape, ws.cache, ws.log
     key = content_key(
@@ -326,8 +334,7 @@ def _stage_submodel(ws: Workspace, base: Base, data: Prepared, sp: SubmodelPlan)
                 sp.heads,
                 torch.from_numpy(data.x["train"][np.sort(take)]),
                 sp.classes,
-                method=cast(Literal["kl", "magnitude"], recipe.pruning.method.value),
-                seed=seed,
+                IMPORTANCE[recipe.pruning.method],
                 num_outputs=sp.outputs,
             )
             model = result.model

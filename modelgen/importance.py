@@ -21,8 +21,9 @@ How the KL is measured:
   outputs taken exactly (one backward pass per output, every sample and component at once:
   the masks are per sample, so their gradients are the per-sample gradients).
 
-Baselines for the build to compare against: `magnitude` (L2 norm of the component's weights,
-data-free) and `random` (a seeded permutation).
+Each way of scoring is an `Importance` object: `KLImportance` (the above), and the baselines
+`MagnitudeImportance` (L2 norm of the component's weights, data-free) and `RandomImportance`
+(a seeded permutation).
 
 Everything here leaves the model as it found it: masks are forward hooks removed on exit,
 parameters are frozen only during a call, train/eval mode is restored.
@@ -30,6 +31,7 @@ parameters are frozen only during a call, train/eval mode is restored.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,12 +46,8 @@ from torch.utils.hooks import RemovableHandle
 # structure is checked at run time instead (`vit_dims`).
 ViT: TypeAlias = Any
 
-Method = Literal["kl", "magnitude", "random"]
-METHODS: tuple[Method, ...] = get_args(Method)
-
-# Distinct random streams for the three component kinds, so that one seed gives unrelated
-# permutations of channels, heads and neurons.
-_STREAM = {"channels": 0, "heads": 1, "neurons": 2}
+Component = Literal["channels", "heads", "neurons"]
+COMPONENTS: tuple[Component, ...] = get_args(Component)
 
 
 @dataclass(frozen=True)
@@ -365,106 +363,111 @@ def _magnitude_neurons(model: ViT) -> torch.Tensor:
     return torch.stack(rows).sqrt()  # (depth, H)
 
 
-def _random_scores(shape: tuple[int, ...], seed: int, kind: str) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed * len(_STREAM) + _STREAM[kind])
-    return torch.rand(shape, generator=gen)
+# ─── public: importance objects ─────────────────────────────────────────────────────────────
 
 
-# ─── public: scores and rankings, one stage at a time ───────────────────────────────────────
+class Importance(ABC):
+    """Scores of one kind of component for a class group, higher = more needed.
+
+    In the manner of Torch-Pruning's `Importance`: one object, chosen once from the recipe's
+    `pruning.method`, is called at every pruning stage; a subclass says how each kind is
+    scored. Calls leave the model as they found it.
+    """
+
+    def __call__(
+        self, model: ViT, x: torch.Tensor, group_classes: Sequence[int], component: Component
+    ) -> torch.Tensor:
+        """(D,) for channels, (depth, h) for heads, (depth, H) for FFN neurons."""
+        vit_dims(model)
+        _check_x(x)
+        group = check_group(group_classes, _num_classes(model))
+        score = {"channels": self.channels, "heads": self.heads, "neurons": self.neurons}
+        with _inspecting(model):
+            return score[component](model, x, group)
+
+    @abstractmethod
+    def channels(self, model: ViT, x: torch.Tensor, group: list[int]) -> torch.Tensor:
+        """(D,) residual channels."""
+
+    @abstractmethod
+    def heads(self, model: ViT, x: torch.Tensor, group: list[int]) -> torch.Tensor:
+        """(depth, h) attention heads."""
+
+    @abstractmethod
+    def neurons(self, model: ViT, x: torch.Tensor, group: list[int]) -> torch.Tensor:
+        """(depth, H) FFN hidden neurons."""
 
 
-def _prepare(
-    model: ViT,
-    x: torch.Tensor,
-    group_classes: Sequence[int],
-    method: str,
-    batch_size: int,
-) -> list[int]:
-    if method not in METHODS:
-        raise ValueError(f"unknown ranking method {method!r}: use one of {', '.join(METHODS)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    vit_dims(model)
-    _check_x(x)
-    return check_group(group_classes, _num_classes(model))
+@dataclass(frozen=True)
+class KLImportance(Importance):
+    """KL(P‖Q) of removing the component: exact ablation for heads, Fisher for the rest.
+
+    `batch_size` bounds the samples in one pass (heads: the h ablations of a block share it).
+    """
+
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+    def channels(self, model: ViT, x: torch.Tensor, group: list[int]) -> torch.Tensor:
+        return _fisher_channels(model, x, group, self.batch_size)
+
+    def heads(self, model: ViT, x: torch.Tensor, group: list[int]) -> torch.Tensor:
+        return _ablation_kl_heads(model, x, group, self.batch_size)
+
+    def neurons(self, model: ViT, x: torch.Tensor, group: list[int]) -> torch.Tensor:
+        return _fisher_neurons(model, x, group, self.batch_size)
 
 
-def channel_scores(
-    model: ViT,
-    x: torch.Tensor,
-    group_classes: Sequence[int],
-    method: Method = "kl",
-    *,
-    seed: int = 0,
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """Importance (D,) of each residual channel for the group; "kl": ≈ KL(P‖Q) (Fisher)."""
-    group = _prepare(model, x, group_classes, method, batch_size)
-    if method == "random":
-        return _random_scores((int(model.cls_token.shape[-1]),), seed, "channels")
-    with _inspecting(model):
-        if method == "magnitude":
-            return _magnitude_channels(model)
-        return _fisher_channels(model, x, group, batch_size)
+class MagnitudeImportance(Importance):
+    """L2 norm of the component's weights: data-free, the same for every group."""
+
+    def channels(self, model: ViT, x: torch.Tensor, group: list[int]) -> torch.Tensor:
+        return _magnitude_channels(model)
+
+    def heads(self, model: ViT, x: torch.Tensor, group: list[int]) -> torch.Tensor:
+        return _magnitude_heads(model)
+
+    def neurons(self, model: ViT, x: torch.Tensor, group: list[int]) -> torch.Tensor:
+        return _magnitude_neurons(model)
 
 
-def head_scores(
-    model: ViT,
-    x: torch.Tensor,
-    group_classes: Sequence[int],
-    method: Method = "kl",
-    *,
-    seed: int = 0,
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """Importance (depth, h) of each head for the group; "kl": exact ablation KL(P‖Q)."""
-    group = _prepare(model, x, group_classes, method, batch_size)
-    _, depth, h, _, _ = vit_dims(model)
-    if method == "random":
-        return _random_scores((depth, h), seed, "heads")
-    with _inspecting(model):
-        if method == "magnitude":
-            return _magnitude_heads(model)
-        return _ablation_kl_heads(model, x, group, batch_size)
+@dataclass(frozen=True)
+class RandomImportance(Importance):
+    """Uniform random scores, a seeded permutation: the baseline any ranking must beat.
 
+    Each kind draws from its own stream, so one seed gives unrelated permutations of
+    channels, heads and neurons.
+    """
 
-def neuron_scores(
-    model: ViT,
-    x: torch.Tensor,
-    group_classes: Sequence[int],
-    method: Method = "kl",
-    *,
-    seed: int = 0,
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """Importance (depth, H) of each FFN hidden neuron for the group; "kl": ≈ KL (Fisher)."""
-    group = _prepare(model, x, group_classes, method, batch_size)
-    _, depth, _, _, hidden = vit_dims(model)
-    if method == "random":
-        return _random_scores((depth, hidden), seed, "neurons")
-    with _inspecting(model):
-        if method == "magnitude":
-            return _magnitude_neurons(model)
-        return _fisher_neurons(model, x, group, batch_size)
+    seed: int = 0
+
+    def _draw(self, shape: tuple[int, ...], stream: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed * len(COMPONENTS) + stream)
+        return torch.rand(shape, generator=gen)
+
+    def channels(self, model: ViT, x: torch.Tensor, group: list[int]) -> torch.Tensor:
+        dim, _, _, _, _ = vit_dims(model)
+        return self._draw((dim,), 0)
+
+    def heads(self, model: ViT, x: torch.Tensor, group: list[int]) -> torch.Tensor:
+        _, depth, h, _, _ = vit_dims(model)
+        return self._draw((depth, h), 1)
+
+    def neurons(self, model: ViT, x: torch.Tensor, group: list[int]) -> torch.Tensor:
+        _, depth, _, _, hidden = vit_dims(model)
+        return self._draw((depth, hidden), 2)
 
 
 def rank_components(
-    model: ViT,
-    x: torch.Tensor,
-    group_classes: Sequence[int],
-    method: Method = "kl",
-    *,
-    seed: int = 0,
-    batch_size: int = 64,
+    model: ViT, x: torch.Tensor, group_classes: Sequence[int], importance: Importance
 ) -> Ranking:
     """All three rankings on the same (unpruned) model: the one-shot, unstaged variant.
 
     The paper's staged order (heads ranked after channels are cut, neurons after heads) is
     `modelgen.pruning.prune_for_group`.
     """
-    kwargs: dict[str, Any] = {"seed": seed, "batch_size": batch_size}
-    return Ranking(
-        channels=order_by_importance(channel_scores(model, x, group_classes, method, **kwargs)),
-        heads=order_by_importance(head_scores(model, x, group_classes, method, **kwargs)),
-        neurons=order_by_importance(neuron_scores(model, x, group_classes, method, **kwargs)),
-    )
+    order = {c: order_by_importance(importance(model, x, group_classes, c)) for c in COMPONENTS}
+    return Ranking(**order)

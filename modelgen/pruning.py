@@ -36,16 +36,7 @@ from timm.layers.mlp import Mlp
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from modelgen.importance import (
-    Method,
-    ViT,
-    channel_scores,
-    check_group,
-    head_scores,
-    neuron_scores,
-    order_by_importance,
-    vit_dims,
-)
+from modelgen.importance import Importance, ViT, check_group, order_by_importance, vit_dims
 from modelgen.model import ModelConfig, build_vit
 from modelgen.vit_shape import ViTShape
 
@@ -281,17 +272,14 @@ def prune_for_group(
     heads_k: int,
     x_group: torch.Tensor,
     group_classes: Sequence[int],
-    method: Method = "kl",
-    seed: int = 0,
+    importance: Importance,
     num_outputs: int | None = None,
-    *,
-    batch_size: int = 64,
 ) -> PruneResult:
     """The group's k-head sub-model cut from the trained base `model` (of `shape`).
 
-    Stages (each ranked on the model the previous stage left, on the group's samples
-    `x_group` (B, C, H, W)): residual channels → head_dim·k, heads → k per block, FFN neurons
-    → mlp_ratio·head_dim·k. `num_outputs` defaults to |group|+1 (group classes + "others",
+    Stages (each ranked by `importance` on the model the previous stage left, on the group's
+    samples `x_group` (B, C, H, W)): residual channels → head_dim·k, heads → k per block, FFN
+    neurons → mlp_ratio·head_dim·k. `num_outputs` defaults to |group|+1 (group classes + "others",
     initialised from the base's mass on the other classes over `x_group`). The base model is
     left unchanged.
     """
@@ -310,22 +298,21 @@ def prune_for_group(
         raise ValueError("the group holds every class: use num_outputs = the number of classes")
     final_shape = shape.with_heads(heads_k)
     everything = Kept.everything(model)
-    kwargs = {"seed": seed, "batch_size": batch_size}
 
     # Stage 1: residual channels, ranked on the base.
-    channel_order = order_by_importance(channel_scores(model, x_group, group, method, **kwargs))
+    channel_order = order_by_importance(importance(model, x_group, group, "channels"))
     channels = keep_top(channel_order, final_shape.embed_dim)
     stage = Kept(channels, everything.heads, everything.neurons)
     cut = slice_vit(model, shape, stage)  # every class kept: the ranking's view needs them
 
     # Stage 2: heads, ranked on the channel-cut model (head ids are still the base's).
-    head_order = order_by_importance(head_scores(cut, x_group, group, method, **kwargs))
+    head_order = order_by_importance(importance(cut, x_group, group, "heads"))
     heads = tuple(keep_top(row, heads_k) for row in head_order)
     stage = Kept(channels, heads, everything.neurons)
     cut = slice_vit(model, shape, stage)
 
     # Stage 3: FFN neurons, ranked on the channel- and head-cut model.
-    neuron_order = order_by_importance(neuron_scores(cut, x_group, group, method, **kwargs))
+    neuron_order = order_by_importance(importance(cut, x_group, group, "neurons"))
     neurons = tuple(keep_top(row, final_shape.mlp_hidden) for row in neuron_order)
     kept = Kept(channels, heads, neurons)
 

@@ -15,13 +15,13 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from modelgen.importance import (
-    METHODS,
-    Method,
+    COMPONENTS,
+    Importance,
+    KLImportance,
+    MagnitudeImportance,
+    RandomImportance,
     ViT,
-    channel_scores,
     collapse_logits,
-    head_scores,
-    neuron_scores,
     order_by_importance,
     rank_components,
 )
@@ -33,6 +33,8 @@ from modelgen.vit_shape import parse_arch
 SHAPE = parse_arch("vit:img=8,patch=2,chans=1,embed=64,depth=2,heads=4")
 NUM_CLASSES = 10
 GROUP = [7, 2, 5]  # deliberately not sorted: the head keeps the group's order
+KL = KLImportance()
+IMPORTANCES = {"kl": KL, "magnitude": MagnitudeImportance(), "random": RandomImportance(seed=0)}
 
 
 @pytest.fixture(autouse=True)
@@ -84,12 +86,12 @@ def _kl(p_logits: torch.Tensor, q_logp: torch.Tensor) -> float:
 # ─── the contract of slicing ────────────────────────────────────────────────────────────────
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_pruning_nothing_reproduces_the_base(trained: ViT, method: Method) -> None:
+@pytest.mark.parametrize("importance", IMPORTANCES.values(), ids=IMPORTANCES.keys())
+def test_pruning_nothing_reproduces_the_base(trained: ViT, importance: Importance) -> None:
     x = torch.randn(16, 1, 8, 8)
     everything = list(range(NUM_CLASSES))
     result = prune_for_group(
-        trained, SHAPE, SHAPE.num_heads, x, everything, method, seed=3, num_outputs=NUM_CLASSES
+        trained, SHAPE, SHAPE.num_heads, x, everything, importance, num_outputs=NUM_CLASSES
     )
     with torch.no_grad():
         assert (result.model(x) - trained(x)).abs().max() <= 1e-5
@@ -110,7 +112,9 @@ def test_pruned_model_is_the_planned_standard_vit(
     trained: ViT, x_group: torch.Tensor, heads_k: int, with_others: bool
 ) -> None:
     outputs = len(GROUP) + int(with_others)
-    result = prune_for_group(trained, SHAPE, heads_k, x_group, GROUP, "magnitude", 0, outputs)
+    result = prune_for_group(
+        trained, SHAPE, heads_k, x_group, GROUP, MagnitudeImportance(), outputs
+    )
     sub_shape = SHAPE.with_heads(heads_k)
     assert result.config == ModelConfig(sub_shape, outputs)
     assert sum(p.numel() for p in result.model.parameters()) == count_params(sub_shape, outputs)
@@ -131,8 +135,8 @@ def test_group_logits_survive_pruning_and_kl_beats_the_baselines(
         base = trained(x_group)[:, GROUP]  # (B, |G|)
         for k in (3, 2):
             kl = {}
-            for method in METHODS:
-                sub = prune_for_group(trained, SHAPE, k, x_group, GROUP, method, 0, len(GROUP))
+            for method, importance in IMPORTANCES.items():
+                sub = prune_for_group(trained, SHAPE, k, x_group, GROUP, importance, len(GROUP))
                 out = sub.model(x_group)  # (B, |G|)
                 kl[method] = _kl(base, torch.log_softmax(out, dim=1))
                 if method == "kl" and k == 3:
@@ -145,7 +149,7 @@ def test_others_row_starts_at_the_gibbs_bound_of_the_others_logit(
     trained: ViT, x_group: torch.Tensor
 ) -> None:
     x = torch.randn(16, 1, 8, 8)
-    result = prune_for_group(trained, SHAPE, SHAPE.num_heads, x_group, GROUP, "kl", 0)
+    result = prune_for_group(trained, SHAPE, SHAPE.num_heads, x_group, GROUP, KL)
     others = [c for c in range(NUM_CLASSES) if c not in GROUP]
     with torch.no_grad():
         out, base = result.model(x), trained(x)
@@ -181,7 +185,7 @@ def test_head_kl_is_the_exact_ablation_and_finds_planted_heads(
     with torch.no_grad():
         model.blocks[0].attn.proj.weight[:, 1 * hd : 2 * hd] *= 8.0  # block 0, head 1: loud
         model.blocks[1].attn.proj.weight[:, 2 * hd : 3 * hd] = 0.0  # block 1, head 2: silent
-    scores = head_scores(model, x_group, GROUP, "kl", batch_size=20)  # (depth, h)
+    scores = KLImportance(batch_size=20)(model, x_group, GROUP, "heads")  # (depth, h)
     order = order_by_importance(scores)
     assert int(order[0, 0]) == 1
     assert int(order[1, -1]) == 2
@@ -229,10 +233,10 @@ def test_fisher_ranks_a_dead_channel_and_a_dead_neuron_last(
         model.blocks[1].mlp.fc1.weight[100] = 0.0
         model.blocks[1].mlp.fc1.bias[100] = 0.0
         model.blocks[1].mlp.fc2.weight[:, 100] = 0.0
-    ranking = rank_components(model, x_group, GROUP, "kl")
+    ranking = rank_components(model, x_group, GROUP, KL)
     assert int(ranking.channels[-1]) == 17
     assert int(ranking.neurons[1, -1]) == 100
-    assert float(channel_scores(model, x_group, GROUP)[17]) == 0.0
+    assert float(KL(model, x_group, GROUP, "channels")[17]) == 0.0
 
 
 def test_fisher_approximates_the_exact_ablation_kl(trained: ViT, x_group: torch.Tensor) -> None:
@@ -251,27 +255,31 @@ def test_fisher_approximates_the_exact_ablation_kl(trained: ViT, x_group: torch.
             q = collapse_logits(trained(x), GROUP)
             handle.remove()
             exact[n] = (ref.exp() * (ref - q)).sum(1).mean()
-    fisher = neuron_scores(trained, x, GROUP, "kl")[0]
+    fisher = KL(trained, x, GROUP, "neurons")[0]
     assert _spearman(fisher, exact) > 0.95
 
 
 def test_rankings_are_deterministic_and_batch_independent(
     trained: ViT, x_group: torch.Tensor
 ) -> None:
-    for method in METHODS:
-        a = rank_components(trained, x_group, GROUP, method, seed=5)
-        b = rank_components(trained, x_group, GROUP, method, seed=5, batch_size=7)
+    pairs = [
+        (KLImportance(batch_size=64), KLImportance(batch_size=7)),
+        (MagnitudeImportance(), MagnitudeImportance()),
+        (RandomImportance(seed=5), RandomImportance(seed=5)),
+    ]
+    for one, other in pairs:
+        a = rank_components(trained, x_group, GROUP, one)
+        b = rank_components(trained, x_group, GROUP, other)
         assert torch.equal(a.heads, b.heads)
-        if method != "kl":  # Fisher sums in another order: compare the scores instead
+        if not isinstance(one, KLImportance):  # Fisher sums in another order: see below
             assert torch.equal(a.channels, b.channels)
             assert torch.equal(a.neurons, b.neurons)
-    c = rank_components(trained, x_group, GROUP, "random", seed=6)
-    assert not torch.equal(
-        c.channels, rank_components(trained, x_group, GROUP, "random", seed=5).channels
-    )
-    for scores in (channel_scores, neuron_scores, head_scores):
-        s64 = scores(trained, x_group, GROUP, "kl", batch_size=64)
-        s7 = scores(trained, x_group, GROUP, "kl", batch_size=7)
+    c = rank_components(trained, x_group, GROUP, RandomImportance(seed=6))
+    five = rank_components(trained, x_group, GROUP, RandomImportance(seed=5))
+    assert not torch.equal(c.channels, five.channels)
+    for component in COMPONENTS:
+        s64 = KLImportance(batch_size=64)(trained, x_group, GROUP, component)
+        s7 = KLImportance(batch_size=7)(trained, x_group, GROUP, component)
         assert torch.allclose(s64, s7, rtol=1e-4, atol=1e-9)
 
 
@@ -280,8 +288,8 @@ def test_ranking_leaves_the_model_as_it_was(trained: ViT, x_group: torch.Tensor)
     model.head.weight.requires_grad_(False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
-    rank_components(model, x_group, GROUP, "kl")
-    prune_for_group(model, SHAPE, 2, x_group, GROUP, "kl")
+    rank_components(model, x_group, GROUP, KL)
+    prune_for_group(model, SHAPE, 2, x_group, GROUP, KL)
     assert model.training
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
@@ -303,7 +311,6 @@ def test_ranking_leaves_the_model_as_it_was(trained: ViT, x_group: torch.Tensor)
         ({"group_classes": []}, "at least one"),
         ({"num_outputs": 5}, "num_outputs"),
         ({"group_classes": list(range(10)), "num_outputs": 11}, "every class"),
-        ({"method": "taylor"}, "unknown ranking method"),
         ({"x_group": torch.zeros(0, 1, 8, 8)}, "non-empty"),
         ({"shape": parse_arch("vit:img=8,patch=2,chans=1,embed=64,depth=3,heads=4")}, "match"),
     ],
@@ -317,11 +324,16 @@ def test_bad_requests_raise_clear_errors(
         "heads_k": 2,
         "x_group": x_group,
         "group_classes": GROUP,
-        "method": "kl",
+        "importance": KL,
     }
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         prune_for_group(**args)  # type: ignore[arg-type]
+
+
+def test_kl_importance_needs_a_positive_batch() -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        KLImportance(batch_size=0)
 
 
 def test_slice_refuses_uneven_blocks(trained: ViT) -> None:
