@@ -14,7 +14,8 @@ import shutil
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -174,16 +175,18 @@ def _stage_data(ws: Workspace) -> Prepared:
             if not lazy:
                 arrays[f"x_{part}"] = preprocess_batch(spec, [dataset.samples[i] for i in idx])
             arrays[f"y_{part}"] = dataset.labels[idx].astype(np.int64)
-        stage = lazy_key if lazy else key
-        d = cache.begin("data", stage)
-        save_arrays(arrays, str(d / "arrays.safetensors"))
         meta = {
             "classes": dataset.classes,
             "preprocess": spec.model_dump(mode="json"),
             "split": {"dataset": dataset_spec, "record": record.model_dump(mode="json")},
         }
-        (d / "meta.json").write_text(json.dumps(meta))
-        cache.finish("data", stage)
+
+        def write(d: Path) -> None:
+            save_arrays(arrays, str(d / "arrays.safetensors"))
+            (d / "meta.json").write_text(json.dumps(meta))
+
+        # Not `cache.stage`: which of the two keys is written is known only once loaded.
+        cache.store("data", lazy_key if lazy else key, write)
     lazy = not cache.done("data", key)  # the preprocessed arrays, when cached, are faster
     d = cache.path("data", lazy_key if lazy else key)
     arrays = load_arrays(str(d / "arrays.safetensors"))
@@ -233,8 +236,34 @@ def _load_checkpoint(model: VisionTransformer, recipe: Recipe, recipe_dir: Path)
         )
 
 
+@dataclass
+class Trained:
+    """What a training stage computes; saved as `<name>.safetensors`, metrics, logits."""
+
+    model: VisionTransformer
+    config: ModelConfig
+    metrics: dict[str, Any]
+    logits: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _save_trained(trained: Trained, d: Path, name: str) -> None:
+    save_model(trained.model, trained.config, d / f"{name}.safetensors")
+    if trained.logits:
+        save_arrays(dict(trained.logits), str(d / "logits.safetensors"))
+    (d / "metrics.json").write_text(json.dumps(trained.metrics))
+
+
+def _load_trained(ws: Workspace, d: Path, name: str) -> Trained:
+    """The stage's model on the workspace's device, its metrics and logits (if any)."""
+    model, config = load_model(d / f"{name}.safetensors")
+    model.to(ws.device)
+    logits = d / "logits.safetensors"
+    metrics = json.loads((d / "metrics.json").read_text())
+    return Trained(model, config, metrics, load_arrays(str(logits)) if logits.is_file() else {})
+
+
 def _stage_base(ws: Workspace, data: Prepared) -> Base:
-    recipe, shape, cache, log = ws.recipe, ws.shape, ws.cache, ws.log
+    recipe, shape, log = ws.recipe, ws.shape, ws.log
     key = content_key(
         "base",
         data.key,
@@ -242,9 +271,9 @@ def _stage_base(ws: Workspace, data: Prepared) -> Base:
         recipe.train.model_dump(),
         recipe.seed,
     )
-    d = cache.path("base", key)
     config = ModelConfig(shape, len(data.classes))
-    if not cache.done("base", key):
+
+    def compute() -> Trained:
         log(f"base: training {shape.spec()} for {recipe.train.epochs} epochs")
         seed_everything(recipe.seed)
         if recipe.model.pretrained:
@@ -276,16 +305,15 @@ def _stage_base(ws: Workspace, data: Prepared) -> Base:
             "losses": losses,
             **{f"{p}_acc": accuracy(logits[p], data.y[p]) for p in PARTS},
         }
-        d = cache.begin("base", key)
-        save_model(model, config, d / "base.safetensors")
-        save_arrays(dict(logits.items()), str(d / "logits.safetensors"))
-        (d / "metrics.json").write_text(json.dumps(metrics))
-        cache.finish("base", key)
-    model, _ = load_model(d / "base.safetensors")
-    model.to(ws.device)
-    metrics = json.loads((d / "metrics.json").read_text())
-    log(f"base: test accuracy {metrics['test_acc']:.4f}")
-    return Base(key, model, load_arrays(str(d / "logits.safetensors")), metrics)
+        return Trained(model, config, metrics, logits)
+
+    def load(d: Path) -> Base:
+        t = _load_trained(ws, d, "base")
+        return Base(key, t.model, t.logits, t.metrics)
+
+    base = ws.cache.stage("base", key, compute, partial(_save_trained, name="base"), load)
+    log(f"base: test accuracy {base.metrics['test_acc']:.4f}")
+    return base
 
 
 def _groups(
@@ -305,7 +333,7 @@ IMPORTANCE: dict[PruneMethod, Importance] = {
 
 
 def _stage_submodel(ws: Workspace, base: Base, data: Prepared, sp: SubmodelPlan) -> Sub:
-    recipe, shape, cache, log = ws.recipe, ws.shape, ws.cache, ws.log
+    recipe, shape, log = ws.recipe, ws.shape, ws.log
     key = content_key(
         "sub",
         base.key,
@@ -316,12 +344,13 @@ def _stage_submodel(ws: Workspace, base: Base, data: Prepared, sp: SubmodelPlan)
         recipe.distill.model_dump(),
         recipe.seed,
     )
-    d = cache.path("sub", key)
-    if not cache.done("sub", key):
+
+    def compute() -> Trained:
         start = time.perf_counter()
         seed = recipe.seed + zlib.crc32(sp.id.encode()) % 1_000_000
         config = ModelConfig(shape.with_heads(sp.heads), sp.outputs)
-        if recipe.pruning.method == PruneMethod.random_init:
+        importance = IMPORTANCE.get(recipe.pruning.method)
+        if importance is None:  # random-init: a fresh model of the planned shape
             seed_everything(seed)
             model = build_vit(config).to(ws.device)
         else:
@@ -334,7 +363,7 @@ def _stage_submodel(ws: Workspace, base: Base, data: Prepared, sp: SubmodelPlan)
                 sp.heads,
                 torch.from_numpy(data.x["train"][np.sort(take)]),
                 sp.classes,
-                IMPORTANCE[recipe.pruning.method],
+                importance,
                 num_outputs=sp.outputs,
             )
             model = result.model
@@ -352,13 +381,13 @@ def _stage_submodel(ws: Workspace, base: Base, data: Prepared, sp: SubmodelPlan)
             sp.id,
         )
         metrics = {"prune_seconds": prune_s, "train_seconds": time.perf_counter() - start - prune_s}
-        d = cache.begin("sub", key)
-        save_model(model, config, d / "sub.safetensors")
-        (d / "metrics.json").write_text(json.dumps(metrics))
-        cache.finish("sub", key)
-    model, config = load_model(d / "sub.safetensors")
-    model.to(ws.device)
-    return Sub(key, sp, model, config, json.loads((d / "metrics.json").read_text()))
+        return Trained(model, config, metrics)
+
+    def load(d: Path) -> Sub:
+        t = _load_trained(ws, d, "sub")
+        return Sub(key, sp, t.model, t.config, t.metrics)
+
+    return ws.cache.stage("sub", key, compute, partial(_save_trained, name="sub"), load)
 
 
 def _features(sub: Sub, x: Inputs) -> np.ndarray:
@@ -371,11 +400,12 @@ def _features(sub: Sub, x: Inputs) -> np.ndarray:
 def _stage_fusion(
     recipe: Recipe, subs: Sequence[Sub], data: Prepared, cache: StageCache, log: Log
 ) -> FusionMLP:
-    from modelgen.fusion_model import load_fusion
+    from edvit.config.recipe import TrainSpec
+    from modelgen.fusion_model import load_fusion, save_fusion
 
     key = content_key("fusion", [s.key for s in subs], recipe.fusion.model_dump(), recipe.seed)
-    d = cache.path("fusion", key)
-    if not cache.done("fusion", key):
+
+    def compute() -> FusionMLP:
         log("fusion: training the MLP on the sub-models' features")
         feats = np.concatenate([_features(s, data.x["train"]) for s in subs], axis=1)
         dims = [s.config.shape.embed_dim for s in subs]
@@ -387,8 +417,6 @@ def _stage_fusion(
             hidden=hidden_size(sum(dims), recipe.fusion.hidden_ratio),
             feature_dropout=recipe.fusion.feature_dropout,
         )
-        from edvit.config.recipe import TrainSpec
-
         spec = TrainSpec(
             epochs=recipe.fusion.epochs,
             batch_size=recipe.fusion.batch_size,
@@ -406,12 +434,16 @@ def _stage_fusion(
             recipe.seed,
             "fusion",
         )
-        d = cache.begin("fusion", key)
-        from modelgen.fusion_model import save_fusion
+        return module
 
-        save_fusion(module, d / "fusion.safetensors")
-        cache.finish("fusion", key)
-    return load_fusion(d / "fusion.safetensors")
+    file = "fusion.safetensors"
+    return cache.stage(
+        "fusion",
+        key,
+        compute,
+        lambda m, d: save_fusion(m, d / file),
+        lambda d: load_fusion(d / file),
+    )
 
 
 def prepare(ws: Workspace) -> tuple[Prepared, Base]:

@@ -10,10 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from modelgen import __version__ as CODE_VERSION
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def content_key(*parts: Any) -> str:
@@ -31,13 +35,30 @@ class StageCache:
     def done(self, stage: str, key: str) -> bool:
         return (self.path(stage, key) / "DONE").is_file()
 
-    def begin(self, stage: str, key: str) -> Path:
-        """A fresh, empty directory for the stage's outputs."""
+    def store(self, stage: str, key: str, write: Callable[[Path], None]) -> Path:
+        """`write` the stage's outputs into a fresh, empty directory, then mark it complete."""
         d = self.path(stage, key)
         if d.exists():
             shutil.rmtree(d)
         d.mkdir(parents=True)
+        write(d)
+        (d / "DONE").write_text(key)
         return d
 
-    def finish(self, stage: str, key: str) -> None:
-        (self.path(stage, key) / "DONE").write_text(key)
+    def stage(
+        self,
+        stage: str,
+        key: str,
+        compute: Callable[[], T],
+        save: Callable[[T, Path], None],
+        load: Callable[[Path], R],
+    ) -> R:
+        """`load` of the stage's directory; unless cached, `save(compute(), dir)` fills it first.
+
+        Always `load`, also right after computing, so a fresh and a cached run go on from the
+        same (saved) values.
+        """
+        if not self.done(stage, key):
+            value = compute()
+            self.store(stage, key, lambda d: save(value, d))
+        return load(self.path(stage, key))

@@ -168,6 +168,45 @@ def test_normalisation_is_measured_unless_the_recipe_gives_it(tmp_path: Path) ->
     assert stats(given) == ([0.5], [0.25])
 
 
+def test_a_stage_computes_once_and_an_interrupted_one_is_not_done(tmp_path: Path) -> None:
+    from modelgen.cache import StageCache, content_key
+
+    cache = StageCache(tmp_path)
+    key = content_key("demo", {"x": 1})
+    calls: list[int] = []
+
+    def compute() -> int:
+        calls.append(1)
+        return 41
+
+    def save(value: int, d: Path) -> None:
+        (d / "v").write_text(str(value))
+
+    def load(d: Path) -> int:
+        return int((d / "v").read_text()) + 1
+
+    def fail() -> int:
+        raise KeyboardInterrupt
+
+    assert cache.stage("demo", key, compute, save, load) == 42  # loaded from what was saved
+    assert cache.stage("demo", key, compute, save, load) == 42
+    assert calls == [1]
+    other = content_key("demo", {"x": 2})
+    with pytest.raises(KeyboardInterrupt):
+        cache.stage("demo", other, fail, save, load)
+    assert not cache.done("demo", other)
+
+    def half(d: Path) -> None:
+        (d / "v").write_text("partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.store("demo", other, half)  # interrupted while writing: not done either
+    assert not cache.done("demo", other)
+    assert cache.stage("demo", other, compute, save, load) == 42
+    assert calls == [1, 1]
+
+
 def test_device_is_checked(tmp_path: Path) -> None:
     import torch
 
