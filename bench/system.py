@@ -37,7 +37,7 @@ from edvit.demo.brokers import Mosquitto
 from edvit.mqtt import no_delay
 from edvit.wire import encode_features
 from modelgen.export import base_entry, export_fusion, export_submodel, fusion_entry, submodel_entry
-from modelgen.fusion_model import FusionMLP
+from modelgen.fusion_model import TorchFusionMLP
 from modelgen.grouping import contiguous_groups
 from modelgen.model import ModelConfig, build_vit
 from modelgen.planning import make_plan
@@ -59,7 +59,7 @@ def make_bundle(out: Path) -> Path:
         config = ModelConfig(shape.with_heads(sp.heads), sp.outputs)
         onnx, st = export_submodel(build_vit(config).eval(), config, out, sp.id)
         entries.append(submodel_entry(sp, config, onnx, st))
-    fusion = FusionMLP([s.id for s in plan.submodels], [DIM] * N, CLASSES).eval()
+    fusion = TorchFusionMLP([s.id for s in plan.submodels], [DIM] * N, CLASSES).eval()
     write_manifest(
         out,
         Manifest(

@@ -2,7 +2,8 @@
 
 Input: the sub-models' CLS (pre-logit) features concatenated in the manifest's `order`.
 Layers: `fc1` (Linear in_dim → hidden), GELU (tanh approximation), `fc2` (Linear hidden → C).
-`modelgen.fusion_model.FusionMLP` is the torch twin with the same tensor names and layout.
+`modelgen.fusion_model.TorchFusionMLP` is the torch twin for training, with the same tensor
+names and layout.
 
 Why GELU with the tanh approximation: it is the activation of the ViT blocks themselves, and
 unlike the exact (erf) form it is an elementary formula that numpy evaluates the same way
@@ -98,7 +99,7 @@ def _as_f32(name: str, value: Any) -> F32:
 
 
 @dataclass(frozen=True, eq=False)
-class FusionMLP:
+class NumpyFusionMLP:
     """fc1 → GELU(tanh) → fc2 on concatenated features; weights in torch's (out, in) layout."""
 
     order: tuple[str, ...]
@@ -145,7 +146,7 @@ class FusionMLP:
         return int(self.b2.shape[0])
 
     @classmethod
-    def load(cls, path: str | Path, entry: FusionEntry | None = None) -> FusionMLP:
+    def load(cls, path: str | Path, entry: FusionEntry | None = None) -> NumpyFusionMLP:
         """Read a fusion safetensors file; with `entry`, its dims must match the manifest's.
 
         Verify the file's sha256 first (`edvit.bundle.load_bundle` does): safetensors holds
@@ -215,7 +216,7 @@ class FusionMLP:
         return mlp
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle) -> FusionMLP:
+    def from_bundle(cls, bundle: Bundle) -> NumpyFusionMLP:
         """The fusion MLP of a loaded (verified) bundle, checked against its manifest."""
         return cls.load(bundle.fusion_path, bundle.manifest.fusion)
 

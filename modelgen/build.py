@@ -42,7 +42,7 @@ from modelgen.export import (
     fusion_entry,
     submodel_entry,
 )
-from modelgen.fusion_model import FusionMLP
+from modelgen.fusion_model import TorchFusionMLP
 from modelgen.grouping import class_groups
 from modelgen.importance import Importance, KLImportance, MagnitudeImportance
 from modelgen.inputs import Inputs, LazyInputs, inputs_nbytes
@@ -399,18 +399,18 @@ def _features(sub: Sub, x: Inputs) -> np.ndarray:
 
 def _stage_fusion(
     recipe: Recipe, subs: Sequence[Sub], data: Prepared, cache: StageCache, log: Log
-) -> FusionMLP:
+) -> TorchFusionMLP:
     from edvit.config.recipe import TrainSpec
     from modelgen.fusion_model import load_fusion, save_fusion
 
     key = content_key("fusion", [s.key for s in subs], recipe.fusion.model_dump(), recipe.seed)
 
-    def compute() -> FusionMLP:
+    def compute() -> TorchFusionMLP:
         log("fusion: training the MLP on the sub-models' features")
         feats = np.concatenate([_features(s, data.x["train"]) for s in subs], axis=1)
         dims = [s.config.shape.embed_dim for s in subs]
         seed_everything(recipe.seed)
-        module = FusionMLP(
+        module = TorchFusionMLP(
             [s.plan.id for s in subs],
             dims,
             len(data.classes),
@@ -532,7 +532,7 @@ def _export(
     base: Base,
     plan: Plan,
     subs: Sequence[Sub],
-    fusion: FusionMLP,
+    fusion: TorchFusionMLP,
     out: Path,
 ) -> Manifest:
     shutil.rmtree(out / "submodels", ignore_errors=True)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edvit.bundle import Bundle, load_bundle
-from edvit.fusion import FusionMLP, softmax
+from edvit.fusion import NumpyFusionMLP, softmax
 from edvit.onnx import ONNX_INPUT, ONNX_OUTPUTS, ort_session
 from edvit.preprocess import preprocess_batch
 
@@ -132,7 +132,7 @@ def evaluate_bundle(
                 ),
             }
         )
-    fused = FusionMLP.from_bundle(bundle).forward(features).argmax(axis=1)
+    fused = NumpyFusionMLP.from_bundle(bundle).forward(features).argmax(axis=1)
     result: dict[str, Any] = {
         "samples": len(labels),
         "fused_acc": _acc(fused, labels),

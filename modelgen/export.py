@@ -24,11 +24,10 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from edvit.bundle import BaseEntry, FileRef, FusionEntry, SubmodelEntry, file_ref
-from edvit.fusion import FusionError
-from edvit.fusion import FusionMLP as NumpyFusion
+from edvit.fusion import FusionError, NumpyFusionMLP
 from edvit.onnx import ONNX_INPUT, ONNX_OUTPUTS, ort_session
 from edvit.plan import SubmodelPlan
-from modelgen.fusion_model import FusionMLP, save_fusion
+from modelgen.fusion_model import TorchFusionMLP, save_fusion
 from modelgen.model import ModelConfig, features_and_logits, save_model
 from modelgen.sizing import vit_stats
 from modelgen.vit_shape import ViTShape
@@ -174,7 +173,7 @@ def verify_onnx(
 
 
 def _random_features(
-    module: FusionMLP, batch: int, seed: int
+    module: TorchFusionMLP, batch: int, seed: int
 ) -> list[dict[str, torch.Tensor | None]]:
     """Feature sets for the fusion parity check: all present, then each sub-model missing."""
     g = torch.Generator().manual_seed(seed)
@@ -189,14 +188,14 @@ def _random_features(
 
 
 def verify_fusion(
-    module: FusionMLP,
+    module: TorchFusionMLP,
     path: Path,
     features: Sequence[Mapping[str, torch.Tensor | None]] | None = None,
     atol: float = FUSION_ATOL,
 ) -> float:
     """Max |numpy fusion (from the file) − torch fusion|; ExportError if above `atol`."""
     try:
-        mlp = NumpyFusion.load(path)
+        mlp = NumpyFusionMLP.load(path)
     except FusionError as exc:
         raise ExportError(str(exc)) from None
     cases = list(features) if features is not None else _random_features(module, 4, seed=0)
@@ -218,7 +217,7 @@ def verify_fusion(
 
 
 def export_fusion(
-    module: FusionMLP,
+    module: TorchFusionMLP,
     out_dir: Path,
     features: Sequence[Mapping[str, torch.Tensor | None]] | None = None,
 ) -> FileRef:
@@ -254,7 +253,7 @@ def submodel_entry(
     )
 
 
-def fusion_entry(module: FusionMLP, ref: FileRef) -> FusionEntry:
+def fusion_entry(module: TorchFusionMLP, ref: FileRef) -> FusionEntry:
     """The manifest entry of an exported fusion MLP."""
     return FusionEntry(
         file=ref,

@@ -1,4 +1,4 @@
-"""The fusion MLP in torch, for training: the twin of `edvit.fusion.FusionMLP` (numpy).
+"""The fusion MLP in torch, for training: the twin of `edvit.fusion.NumpyFusionMLP`.
 
 Same layers and tensor names (`fc1`, GELU tanh, `fc2`), so `save_fusion` writes a file the
 aggregator loads without torch. Training adds per-sub-model feature dropout: each sample's
@@ -19,7 +19,7 @@ from torch import nn
 from edvit.fusion import TENSOR_NAMES, fusion_metadata, hidden_size
 
 
-class FusionMLP(nn.Module):
+class TorchFusionMLP(nn.Module):
     """fc1 (in_dim → hidden) → GELU(tanh) → fc2 (hidden → classes) on concatenated features."""
 
     _block_of_column: torch.Tensor  # column → index of its sub-model block (a buffer)
@@ -98,12 +98,12 @@ class FusionMLP(nn.Module):
         return torch.cat(blocks, dim=1)
 
     def forward_features(self, features: Mapping[str, torch.Tensor | None]) -> torch.Tensor:
-        """Logits (B, C) from per-sub-model features, like `edvit.fusion.FusionMLP.forward`."""
+        """Logits (B, C) from per-sub-model features, like `edvit.fusion.NumpyFusionMLP.forward`."""
         out: torch.Tensor = self(self.concat(features))
         return out
 
 
-def save_fusion(module: FusionMLP, path: Path) -> None:
+def save_fusion(module: TorchFusionMLP, path: Path) -> None:
     """Write the weights as float32 safetensors with the metadata `edvit.fusion` checks."""
     state = {
         k: v.detach().to(torch.float32).contiguous().cpu() for k, v in module.state_dict().items()
@@ -114,12 +114,12 @@ def save_fusion(module: FusionMLP, path: Path) -> None:
     save_file(state, str(path), metadata=meta)
 
 
-def load_fusion(path: Path) -> FusionMLP:
+def load_fusion(path: Path) -> TorchFusionMLP:
     """Rebuild the torch module from a fusion file (e.g. to evaluate or fine-tune it)."""
-    from edvit.fusion import FusionMLP as NumpyFusion
+    from edvit.fusion import NumpyFusionMLP
 
-    mlp = NumpyFusion.load(path)
-    module = FusionMLP(mlp.order, mlp.feature_dims, mlp.out_dim, hidden=mlp.hidden)
+    mlp = NumpyFusionMLP.load(path)
+    module = TorchFusionMLP(mlp.order, mlp.feature_dims, mlp.out_dim, hidden=mlp.hidden)
     state = {
         "fc1.weight": torch.from_numpy(mlp.w1.copy()),
         "fc1.bias": torch.from_numpy(mlp.b1.copy()),

@@ -27,7 +27,7 @@ from broker import Mosquitto, Subscriber, free_port, mosquitto_binary
 from tiny import build_bundle, tiny_digits
 
 from edvit.bundle import load_bundle
-from edvit.fusion import FusionMLP, softmax
+from edvit.fusion import NumpyFusionMLP, softmax
 from edvit.preprocess import parse_preprocess, preprocess_batch
 from edvit.wire import encode_features
 
@@ -54,7 +54,7 @@ class Data:
     labels: np.ndarray
     probs: np.ndarray  # (N, C) what eval's fusion gives on the fp16-rounded features
     fused_acc: float
-    mlp: FusionMLP
+    mlp: NumpyFusionMLP
 
     def expected(self, i: int, missing: tuple[str, ...] = ()) -> np.ndarray:
         feats = {
@@ -97,7 +97,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
             for i in range(len(x))
         ]
         feats[sub.id] = np.concatenate(rows)
-    mlp = FusionMLP.from_bundle(bundle)
+    mlp = NumpyFusionMLP.from_bundle(bundle)
     # exactly modelgen eval's computation (modelgen/evaluate.py)
     rounded = {s: f.astype(np.float16).astype(np.float32) for s, f in feats.items()}
     logits = mlp.forward(rounded)

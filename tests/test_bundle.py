@@ -28,7 +28,7 @@ from edvit.bundle import (
     load_bundle,
     write_manifest,
 )
-from edvit.fusion import FusionMLP as NumpyFusion
+from edvit.fusion import NumpyFusionMLP
 from edvit.onnx import ort_session
 from modelgen.export import (
     base_entry,
@@ -37,7 +37,7 @@ from modelgen.export import (
     fusion_entry,
     submodel_entry,
 )
-from modelgen.fusion_model import FusionMLP
+from modelgen.fusion_model import TorchFusionMLP
 from modelgen.model import ModelConfig, build_vit, features_and_logits
 from modelgen.planning.plan import make_plan
 from modelgen.vit_shape import parse_arch
@@ -51,7 +51,7 @@ GROUPS = [[0, 1], [2, 3, 4]]
 class Built:
     root: Path
     models: dict[str, VisionTransformer]
-    fusion: FusionMLP
+    fusion: TorchFusionMLP
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         models[sub_plan.id] = model
     base_config = ModelConfig(base, len(CLASSES))
     base_onnx, base_st = export_submodel(build_vit(base_config).eval(), base_config, root, "base")
-    fusion = FusionMLP([s.id for s in subs], [s.feature_dim for s in subs], len(CLASSES)).eval()
+    fusion = TorchFusionMLP(
+        [s.id for s in subs], [s.feature_dim for s in subs], len(CLASSES)
+    ).eval()
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
         created=datetime.now(UTC),
@@ -138,7 +140,7 @@ def test_digest_is_sha256_of_canonical_json_without_digest(built: Built) -> None
 def test_bundle_runs_like_torch(built: Built) -> None:
     """ONNX features from the bundle fused in numpy equal the torch pipeline."""
     bundle = load_bundle(built.root)
-    fusion = NumpyFusion.from_bundle(bundle)
+    fusion = NumpyFusionMLP.from_bundle(bundle)
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     onnx_feats, torch_feats = {}, {}
     for sub in bundle.manifest.submodels:
@@ -342,9 +344,9 @@ def test_nodes_and_aggregator_need_no_torch(built: Built) -> None:
         "import sys\n"
         "import numpy as np\n"
         "from edvit.bundle import load_bundle\n"
-        "from edvit.fusion import FusionMLP\n"
+        "from edvit.fusion import NumpyFusionMLP\n"
         "b = load_bundle(sys.argv[1])\n"
-        "f = FusionMLP.from_bundle(b)\n"
+        "f = NumpyFusionMLP.from_bundle(b)\n"
         "print(f.probabilities({'g1': np.ones((2, 32), np.float32)}).shape)\n"
     )
     run = run_blocked(code, ("torch", "timm", "modelgen", "onnx"), str(built.root), timeout=60)

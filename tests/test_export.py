@@ -12,8 +12,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from edvit.bundle import sha256_file
-from edvit.fusion import FusionError, hidden_size
-from edvit.fusion import FusionMLP as NumpyFusion
+from edvit.fusion import FusionError, NumpyFusionMLP, hidden_size
 from modelgen.export import (
     ONNX_ATOL,
     OPSET,
@@ -23,7 +22,7 @@ from modelgen.export import (
     verify_fusion,
     verify_onnx,
 )
-from modelgen.fusion_model import FusionMLP, load_fusion, save_fusion
+from modelgen.fusion_model import TorchFusionMLP, load_fusion, save_fusion
 from modelgen.model import ModelConfig, build_vit, features_and_logits, load_model
 from modelgen.vit_shape import parse_arch
 
@@ -110,9 +109,9 @@ ORDER = ["g0", "g1", "g2"]
 DIMS = [16, 32, 16]
 
 
-def _fusion(seed: int = 0, dropout: float = 0.0) -> FusionMLP:
+def _fusion(seed: int = 0, dropout: float = 0.0) -> TorchFusionMLP:
     torch.manual_seed(seed)
-    module = FusionMLP(ORDER, DIMS, num_classes=7, feature_dropout=dropout)
+    module = TorchFusionMLP(ORDER, DIMS, num_classes=7, feature_dropout=dropout)
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn_like(p) * 0.3)
@@ -136,7 +135,7 @@ def test_numpy_fusion_equals_torch_with_and_without_missing(tmp_path: Path) -> N
     module = _fusion()
     path = tmp_path / "fusion.safetensors"
     save_fusion(module, path)
-    mlp = NumpyFusion.load(path)
+    mlp = NumpyFusionMLP.load(path)
     feats = _features(6)
     subsets = [
         c for r in range(1, len(ORDER) + 1) for c in itertools.combinations(ORDER, r)
@@ -158,7 +157,7 @@ def test_numpy_fusion_equals_torch_with_and_without_missing(tmp_path: Path) -> N
 def test_missing_equals_explicit_zeros(tmp_path: Path) -> None:
     module = _fusion()
     save_fusion(module, tmp_path / "f.safetensors")
-    mlp = NumpyFusion.load(tmp_path / "f.safetensors")
+    mlp = NumpyFusionMLP.load(tmp_path / "f.safetensors")
     feats = {s: v.numpy() for s, v in _features(3).items()}
     zeroed = dict(feats, g1=np.zeros_like(feats["g1"]))
     np.testing.assert_array_equal(
@@ -171,7 +170,7 @@ def test_numpy_fusion_is_batch_invariant(tmp_path: Path) -> None:
     """The aggregator fuses one tick at a time, eval in batches: same bits either way."""
     module = _fusion()
     save_fusion(module, tmp_path / "f.safetensors")
-    mlp = NumpyFusion.load(tmp_path / "f.safetensors")
+    mlp = NumpyFusionMLP.load(tmp_path / "f.safetensors")
     feats = {s: v.numpy() for s, v in _features(9).items()}
     batch = mlp.forward(feats)
     for i in range(9):
@@ -207,13 +206,13 @@ def test_fusion_load_checks_the_manifest(tmp_path: Path) -> None:
     module = _fusion()
     ref = export_fusion(module, tmp_path)
     entry = FusionEntry(file=ref, order=ORDER, feature_dims=DIMS, in_dim=64, hidden=32, out_dim=7)
-    assert NumpyFusion.load(tmp_path / ref.path, entry).out_dim == 7
+    assert NumpyFusionMLP.load(tmp_path / ref.path, entry).out_dim == 7
     wrong = entry.model_copy(update={"order": ["g1", "g0", "g2"]})
     with pytest.raises(FusionError, match=r"order .* manifest \(fusion\.order\)"):
-        NumpyFusion.load(tmp_path / ref.path, wrong)
+        NumpyFusionMLP.load(tmp_path / ref.path, wrong)
     wrong = entry.model_copy(update={"out_dim": 8})
     with pytest.raises(FusionError, match=r"fusion\.safetensors: out_dim"):
-        NumpyFusion.load(tmp_path / ref.path, wrong)
+        NumpyFusionMLP.load(tmp_path / ref.path, wrong)
     assert file_ref(tmp_path, ref.path) == ref
 
 
@@ -225,7 +224,7 @@ def test_fusion_load_refuses_foreign_files(tmp_path: Path) -> None:
     plain = tmp_path / "plain.safetensors"
     save_file({"fc1.weight": np.zeros((2, 2), np.float32)}, str(plain))
     with pytest.raises(FusionError, match=r"plain\.safetensors: no edvit\.fusion metadata"):
-        NumpyFusion.load(plain)
+        NumpyFusionMLP.load(plain)
     renamed = tmp_path / "renamed.safetensors"
     tensors = {
         "fc1.w": np.zeros((2, 4), np.float32),
@@ -235,21 +234,21 @@ def test_fusion_load_refuses_foreign_files(tmp_path: Path) -> None:
     }
     save_file(tensors, str(renamed), metadata=fusion_metadata(["a"], [4], 2, 3))
     with pytest.raises(FusionError, match=r"tensors \['fc1.bias'"):
-        NumpyFusion.load(renamed)
+        NumpyFusionMLP.load(renamed)
     tensors["fc1.weight"] = tensors.pop("fc1.w")
     tensors["fc2.bias"] = np.zeros(5, np.float32)
     save_file(tensors, str(renamed), metadata=fusion_metadata(["a"], [4], 2, 3))
     with pytest.raises(FusionError, match=r"fc2.weight: shape \(3, 2\), expected \(5, 2\)"):
-        NumpyFusion.load(renamed)
+        NumpyFusionMLP.load(renamed)
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x01" * 40)
     with pytest.raises(FusionError, match=r"garbage\.safetensors: cannot read"):
-        NumpyFusion.load(garbage)
+        NumpyFusionMLP.load(garbage)
 
 
 def test_numpy_fusion_rejects_bad_features(tmp_path: Path) -> None:
     save_fusion(_fusion(), tmp_path / "f.safetensors")
-    mlp = NumpyFusion.load(tmp_path / "f.safetensors")
+    mlp = NumpyFusionMLP.load(tmp_path / "f.safetensors")
     with pytest.raises(FusionError, match="unknown sub-models"):
         mlp.forward({"g9": np.zeros((1, 16), np.float32)})
     with pytest.raises(FusionError, match=r"g1: features of shape \(1, 16\), expected \(B, 32\)"):
