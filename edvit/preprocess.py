@@ -26,9 +26,6 @@ from pydantic import Field, TypeAdapter, model_validator
 
 from edvit.config.base import StrictModel
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-
 FloatArray = npt.NDArray[np.float32]
 
 
