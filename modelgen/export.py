@@ -17,6 +17,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,32 +69,29 @@ def _export_onnx(model: VisionTransformer, example: torch.Tensor, path: Path, dy
         # dynamic by verify_onnx at other batch sizes).
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message="Converting a tensor to a Python")
-        if dynamo:
-            torch.onnx.export(
-                wrapper,
-                (example,),
-                str(path),
-                input_names=[ONNX_INPUT],
-                output_names=list(ONNX_OUTPUTS),
-                opset_version=max(OPSET, 18),
-                dynamo=True,
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-                external_data=False,
-                verbose=False,
-            )
-        else:
-            axes = {name: {0: "batch"} for name in (ONNX_INPUT, *ONNX_OUTPUTS)}
-            torch.onnx.export(
-                wrapper,
-                (example,),
-                str(path),
-                input_names=[ONNX_INPUT],
-                output_names=list(ONNX_OUTPUTS),
-                opset_version=OPSET,
-                dynamo=False,
-                dynamic_axes=axes,
-                do_constant_folding=True,
-            )
+        exporter: dict[str, Any] = (
+            {
+                "opset_version": max(OPSET, 18),
+                "dynamic_shapes": ({0: torch.export.Dim("batch")},),
+                "external_data": False,
+                "verbose": False,
+            }
+            if dynamo
+            else {
+                "opset_version": OPSET,
+                "dynamic_axes": {name: {0: "batch"} for name in (ONNX_INPUT, *ONNX_OUTPUTS)},
+                "do_constant_folding": True,
+            }
+        )
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(path),
+            input_names=[ONNX_INPUT],
+            output_names=list(ONNX_OUTPUTS),
+            dynamo=dynamo,
+            **exporter,
+        )
 
 
 def export_submodel(
@@ -242,9 +240,7 @@ def submodel_entry(
         embed_dim=stats.embed_dim,
         feature_dim=stats.embed_dim,
         outputs=config.num_outputs,
-        params=stats.params,
-        size_mib=stats.size_mib,
-        gmacs=stats.gmacs,
+        **stats.sizes(),
         input_shape=[shape.in_chans, *shape.img_size],
         onnx=onnx,
         safetensors=safetensors,
@@ -274,16 +270,13 @@ def base_entry(
     safetensors: FileRef | None = None,
 ) -> BaseEntry:
     """The manifest entry of the base model; its files when the bundle ships it for eval."""
-    stats = vit_stats(shape, num_classes)
     return BaseEntry(
         arch=arch,
         spec=shape.spec(),
         num_heads=shape.num_heads,
         embed_dim=shape.embed_dim,
         depth=shape.depth,
-        params=stats.params,
-        size_mib=stats.size_mib,
-        gmacs=stats.gmacs,
+        **vit_stats(shape, num_classes).sizes(),
         test_accuracy=test_accuracy,
         onnx=onnx,
         safetensors=safetensors,

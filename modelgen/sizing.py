@@ -7,6 +7,7 @@ Conventions (the paper's, §3): `gmacs` counts the linear and convolution layers
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from modelgen.vit_shape import ViTShape
 
@@ -41,6 +42,14 @@ def count_macs(shape: ViTShape, num_classes: int) -> tuple[int, int]:
     return patch + shape.depth * block + head, attention
 
 
+class Sizes(TypedDict):
+    """The three figures a plan and a manifest record of every model."""
+
+    params: int
+    size_mib: float
+    gmacs: float
+
+
 @dataclass(frozen=True)
 class ModelStats:
     """Size and compute of one shape; `to_json` is the JSON contract of `modelgen stats`."""
@@ -69,17 +78,12 @@ class ModelStats:
     def gmacs_total(self) -> float:
         return (self.macs + self.attention_macs) / 1e9
 
+    def sizes(self) -> Sizes:
+        return {"params": self.params, "size_mib": self.size_mib, "gmacs": self.gmacs}
+
     def to_json(self) -> dict[str, object]:
-        return {
-            "arch": self.arch,
-            "heads": self.heads,
-            "embed_dim": self.embed_dim,
-            "depth": self.depth,
-            "params": self.params,
-            "size_mib": self.size_mib,
-            "gmacs": self.gmacs,
-            "gmacs_total": self.gmacs_total,
-        }
+        keys = ("arch", "heads", "embed_dim", "depth", "params", "size_mib", "gmacs", "gmacs_total")
+        return {k: getattr(self, k) for k in keys}
 
 
 def vit_stats(shape: ViTShape, num_classes: int) -> ModelStats:

@@ -51,9 +51,7 @@ def submodel_plan(
         heads=stats.heads,
         embed_dim=stats.embed_dim,
         outputs=outputs,
-        params=stats.params,
-        size_mib=stats.size_mib,
-        gmacs=stats.gmacs,
+        **stats.sizes(),
     )
 
 
