@@ -12,9 +12,9 @@ from edvit.config.dataset import AudioFolderDataset
 from modelgen.datasets.base import (
     Dataset,
     DatasetError,
+    FolderFormat,
+    load_class_folders,
     resolve_root,
-    scan_class_folders,
-    source_name,
 )
 
 
@@ -34,20 +34,13 @@ def _skip(name: str) -> bool:
 def load_audiofolder(spec: AudioFolderDataset, base_dir: Path | None = None) -> Dataset:
     """Every sound file (.wav, .flac, .ogg) of the selected class folders, in sorted path
     order: the files a node's `wav` source replays."""
-    root = resolve_root(spec.root, base_dir)
-    classes, items = scan_class_folders(
-        root,
-        media.SOUND_EXTENSIONS,
-        spec.classes,
-        spec.max_per_class,
+    fmt = FolderFormat(
+        kind="audio",
+        extensions=media.SOUND_EXTENSIONS,
+        read=lambda path: read_wav(path, spec.sample_rate),
         skip_folder=_skip,
         what="sound",
-    )
-    return Dataset(
-        kind="audio",
-        classes=classes,
-        samples=[read_wav(path, spec.sample_rate) for _, path in items],
-        labels=np.asarray([label for label, _ in items], dtype=np.int64),
-        sources=[source_name(path, root) for _, path in items],
         sample_rate=spec.sample_rate,
     )
+    root = resolve_root(spec.root, base_dir)
+    return load_class_folders(root, fmt, spec.classes, spec.max_per_class)

@@ -162,6 +162,35 @@ def scan_class_folders(
     return classes, items
 
 
+@dataclass(frozen=True)
+class FolderFormat:
+    """How one kind of folder-per-class dataset is read."""
+
+    kind: Literal["image", "audio"]
+    extensions: frozenset[str]
+    read: Callable[[Path], np.ndarray]
+    skip_folder: Callable[[str], bool]
+    what: str  # the files' name in messages
+    sample_rate: int | None = None
+
+
+def load_class_folders(
+    root: Path, fmt: FolderFormat, wanted: Sequence[str] | None, max_per_class: int | None
+) -> Dataset:
+    """Every file of `fmt` in the selected class folders of `root`, in sorted path order."""
+    classes, items = scan_class_folders(
+        root, fmt.extensions, wanted, max_per_class, skip_folder=fmt.skip_folder, what=fmt.what
+    )
+    return Dataset(
+        kind=fmt.kind,
+        classes=classes,
+        samples=[fmt.read(path) for _, path in items],
+        labels=np.asarray([label for label, _ in items], dtype=np.int64),
+        sources=[source_name(path, root) for _, path in items],
+        sample_rate=fmt.sample_rate,
+    )
+
+
 def source_name(path: Path, root: Path) -> str:
     """A sample's stable id: its path relative to the dataset root, with forward slashes."""
     return path.relative_to(root).as_posix()

@@ -11,9 +11,9 @@ from edvit.config.dataset import ImageFolderDataset
 from modelgen.datasets.base import (
     Dataset,
     DatasetError,
+    FolderFormat,
+    load_class_folders,
     resolve_root,
-    scan_class_folders,
-    source_name,
 )
 
 
@@ -25,21 +25,16 @@ def read_image(path: Path) -> np.ndarray:
         raise DatasetError(str(exc)) from None
 
 
+IMAGES = FolderFormat(
+    kind="image",
+    extensions=media.IMAGE_EXTENSIONS,
+    read=read_image,
+    skip_folder=lambda name: name.startswith("."),
+    what="image",
+)
+
+
 def load_imagefolder(spec: ImageFolderDataset, base_dir: Path | None = None) -> Dataset:
     """Every image of the selected class folders, in sorted path order."""
     root = resolve_root(spec.root, base_dir)
-    classes, items = scan_class_folders(
-        root,
-        media.IMAGE_EXTENSIONS,
-        spec.classes,
-        spec.max_per_class,
-        skip_folder=lambda name: name.startswith("."),
-        what="image",
-    )
-    return Dataset(
-        kind="image",
-        classes=classes,
-        samples=[read_image(path) for _, path in items],
-        labels=np.asarray([label for label, _ in items], dtype=np.int64),
-        sources=[source_name(path, root) for _, path in items],
-    )
+    return load_class_folders(root, IMAGES, spec.classes, spec.max_per_class)
