@@ -172,6 +172,10 @@ def test_password_from_a_systemd_credential(tmp_path: Path) -> None:
     assert broker_password(broker, {**env, "EDVIT_MQTT_PASSWORD": "env"}) == "env"
     # a credential directory without our credential: no password
     assert broker_password(BrokerConfig(password_credential="other"), env) is None
+    # the units' SetCredential= fallback (a lone newline) when the password file is absent:
+    # no password, so an anonymous site starts without one (not even broker.username is needed)
+    (tmp_path / "mqtt-password").write_text("\n")
+    assert broker_password(BrokerConfig(), env) is None
 
 
 def test_password_errors(tmp_path: Path) -> None:
@@ -179,9 +183,6 @@ def test_password_errors(tmp_path: Path) -> None:
         broker_password(BrokerConfig(username="u"), {"EDVIT_MQTT_PASSWORD": ""})
     with pytest.raises(ConfigError, match=r"broker\.username is not set"):
         broker_password(BrokerConfig(), {"EDVIT_MQTT_PASSWORD": "pw"})
-    (tmp_path / "mqtt-password").write_text("\n")
-    with pytest.raises(ConfigError, match="mqtt-password: the credential file is empty"):
-        broker_password(BrokerConfig(username="u"), {"CREDENTIALS_DIRECTORY": str(tmp_path)})
 
 
 # --- --broker ---------------------------------------------------------------------------------

@@ -476,9 +476,11 @@ def broker_password(
 ) -> str | None:
     """The broker password: `$<password_env>`, else the systemd credential file, else None.
 
-    A trailing newline (as `echo` writes) is stripped from a credential file. Raises
-    ConfigError, naming the variable or file, when a source exists but is unusable, or when
-    a password is found without `broker.username` (MQTT sends no password without a user).
+    A trailing newline (as `echo` writes) is stripped from a credential file; an empty one
+    means no password (the units' `SetCredential=` default when the password file is
+    absent). Raises ConfigError, naming the variable or file, when a source exists but is
+    unusable, or when a password is found without `broker.username` (MQTT sends no password
+    without a user).
     """
     broker = cfg.broker if isinstance(cfg, SiteConfig) else cfg
     env = os.environ if environ is None else environ
@@ -500,9 +502,7 @@ def broker_password(
                 raise ConfigError(str(cred), [f"cannot read: {exc.strerror}"]) from None
             except UnicodeDecodeError:
                 raise ConfigError(str(cred), ["not UTF-8 text"]) from None
-            password = text.rstrip("\r\n")
-            if not password:
-                raise ConfigError(str(cred), ["the credential file is empty"])
+            password = text.rstrip("\r\n") or None
             origin = str(cred)
     if password is not None and broker.username is None:
         raise ConfigError(
