@@ -14,7 +14,7 @@ from edvit.bundle import Bundle, BundleError, load_bundle
 from edvit.config import ConfigError, DevicesFile, load_config
 from edvit.config.loader import load_yaml
 from edvit.config.recipe import Recipe
-from edvit.config.site import SiteConfig, load_site_config
+from edvit.config.site import SiteConfig, check_site, load_site_config
 from edvit.signing import check_site_signature, describe_signature
 
 # kind → (the top-level key that marks a YAML file as that kind, its model)
@@ -53,8 +53,23 @@ def _validate_one(path: Path, kind: str | None) -> tuple[str, BaseModel | Bundle
     return model.__name__, load_config(path, model)
 
 
+def _check_site(name: str, cfg: SiteConfig, bundle: Bundle) -> int:
+    """Print what `check_site` finds (the sources of every node probed on this host); 1 when
+    the site cannot work with the bundle, else 0."""
+    check = check_site(cfg, bundle.manifest, local=cfg.nodes)
+    for warning in check.warnings:
+        print(f"{name}: warning: {warning}", file=sys.stderr)
+    for problem in check.problems:
+        print(f"{name}: {problem}", file=sys.stderr)
+    if check.problems:
+        return 1
+    print(f"{name}: ok with {bundle.root} (every sub-model on one node)")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
-    """Each file on its own, then each bundle against each site config's trusted keys."""
+    """Each file on its own, then each bundle against each site config: its trusted keys, then
+    the whole site (`check_site`)."""
     failed = 0
     sites: list[tuple[str, SiteConfig]] = []
     bundles: list[Bundle] = []
@@ -77,6 +92,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             except (ConfigError, BundleError) as exc:
                 print(exc, file=sys.stderr)
                 failed += 1
+                continue
+            failed += _check_site(site_name, cfg, bundle)
     return 2 if failed else 0
 
 
@@ -110,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     validate = sub.add_parser(
         "validate",
-        help="check config files, naming every bad key; bundles against site configs' keys",
+        help="check config files, naming every bad key; a site config given with bundles is "
+        "checked against each (trusted keys, sub-models on nodes, sources, tick vs inference)",
     )
     validate.add_argument("files", nargs="+", help="YAML config files or bundle directories")
     validate.add_argument("--kind", choices=sorted(CONFIG_KINDS), help="skip detection")
