@@ -377,7 +377,8 @@ def test_duplicate_yaml_keys_are_an_error(tmp_path: Path) -> None:
     ):
         load_site_config(path)
     path.write_text(
-        "base: &b {kind: camera}\nsite: lab\nnodes:\n  cam:\n    source:\n      <<: *b\n      kind: camera\n"
+        "base: &b {kind: camera}\nsite: lab\nnodes:\n  cam:\n"
+        "    source:\n      <<: *b\n      kind: camera\n"
     )
     with pytest.raises(ConfigError, match="base: unknown key"):  # a merge key is no duplicate
         load_site_config(path)
