@@ -117,15 +117,20 @@ def _systemctl(root: Path, args: Sequence[str], say: Say) -> None:
         _run(["systemctl", *args], say)
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write `path` atomically with `mode` from the first byte on, owned by root when we
-    are root (a secret is never readable by others, not even for a moment)."""
+def _write(path: Path, data: bytes | Path, mode: int) -> None:
+    """Write `data` (or copy the file `data`) to `path` atomically, with `mode` from the
+    first byte on, owned by root when we are root: a secret is never readable by others,
+    not even for a moment."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as f:
-        f.write(data)
+        if isinstance(data, Path):
+            with data.open("rb") as src:
+                shutil.copyfileobj(src, f)
+        else:
+            f.write(data)
     os.chmod(tmp, mode)  # os.open's mode is cut by the umask
     if os.geteuid() == 0:
         os.chown(tmp, 0, 0)
@@ -203,7 +208,7 @@ def _copy_bundle(bundle: Bundle, root: Path, say: Say) -> None:
         src = bundle.root.joinpath(*PurePosixPath(name).parts)
         dst = staging.joinpath(*PurePosixPath(name).parts)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        _write(dst, src.read_bytes(), FILE_MODE)
+        _write(dst, src, FILE_MODE)
     for folder in [staging, *(p for p in staging.rglob("*") if p.is_dir())]:
         folder.chmod(DIR_MODE)
         if os.geteuid() == 0:
@@ -250,6 +255,12 @@ def install(opts: InstallOptions, say: Say = print) -> None:
     if not _is_staging(root) and os.geteuid() != 0:
         raise InstallError("edvit install writes /etc and /opt: run it as root (sudo)")
     bundle = check(opts, say)
+    secret = None
+    if opts.password_file is not None:  # read before anything is written
+        try:
+            secret = opts.password_file.read_bytes()
+        except OSError as exc:
+            raise InstallError(f"{opts.password_file}: cannot read: {exc.strerror}") from None
     if opts.make_venv:
         venv = _at(root, opts.venv)
         _run([sys.executable, "-m", "venv", str(venv)], say)
@@ -257,13 +268,9 @@ def install(opts: InstallOptions, say: Say = print) -> None:
     _mkdirs(root, ETC)
     _mkdirs(root, STATE)
     _mkdirs(root, UNIT_DIR)
-    _write(_at(root, SITE), opts.config.read_bytes(), FILE_MODE)
+    _write(_at(root, SITE), opts.config, FILE_MODE)
     say(f"site config → {SITE}")
-    if opts.password_file is not None:
-        try:
-            secret = opts.password_file.read_bytes()
-        except OSError as exc:
-            raise InstallError(f"{opts.password_file}: cannot read: {exc.strerror}") from None
+    if secret is not None:
         _write(_at(root, PASSWORD), secret, SECRET_MODE)
         say(f"broker password → {PASSWORD} (0600, root only)")
     _copy_bundle(bundle, root, say)

@@ -602,11 +602,11 @@ def _source_problems(node_id: str, source: Source) -> list[str]:
     """A replay file or folder, or a local camera device, that is not there (URLs and
     microphones are not probed)."""
     key = f"nodes.{node_id}.source"
-    if isinstance(source, ImagesSource | WavSource) and not Path(source.folder).is_dir():
+    if (source.kind == "images" or source.kind == "wav") and not Path(source.folder).is_dir():
         return [f"{key}.folder: {source.folder}: no such folder"]
-    if isinstance(source, VideoSource) and not Path(source.path).is_file():
+    if source.kind == "video" and not Path(source.path).is_file():
         return [f"{key}.path: {source.path}: no such file"]
-    if isinstance(source, CameraSource):
+    if source.kind == "camera":
         device = source.device
         path = f"/dev/video{device}" if isinstance(device, int) else device
         if path.startswith("/dev/") and not Path(path).exists():
