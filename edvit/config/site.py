@@ -598,7 +598,7 @@ def check_site(cfg: SiteConfig, manifest: Manifest, local: Collection[str] = ())
     return check
 
 
-def _source_problems(node_id: str, source: Source) -> list[str]:
+def _source_problems(node_id: str, source: SourceConfig) -> list[str]:
     """A replay file or folder, or a local camera device, that is not there (URLs and
     microphones are not probed)."""
     key = f"nodes.{node_id}.source"
