@@ -123,9 +123,9 @@ class Aggregator:
     # --- start steps --------------------------------------------------------------------------
 
     def _load_bundle(self) -> Bundle:
-        """Load the bundle, verifying every sha256 and the signature the site asks for
-        (BundleError names a bad file)."""
-        bundle = load_site_bundle(self.bundle_dir, self.cfg)
+        """Load the bundle, verifying the signature the site asks for and the sha256 of the
+        fusion file, the one file it loads (BundleError names a bad file)."""
+        bundle = load_site_bundle(self.bundle_dir, self.cfg, files=lambda m: [m.fusion.file])
         self._expected = {
             s.id: (bundle.model_hash(s.id), s.feature_dim) for s in bundle.manifest.submodels
         }

@@ -39,7 +39,7 @@ from edge_node.sources import (
 from edge_node.stats import NodeStats
 from edge_node.tick import TickSchedule
 from edvit import sdnotify, topics
-from edvit.bundle import Bundle
+from edvit.bundle import Bundle, Manifest
 from edvit.config import ConfigError
 from edvit.config.site import NodeConfig, SiteConfig, node_submodels
 from edvit.mqtt import Message, MqttClient
@@ -176,16 +176,25 @@ class EdgeNode:
     # --- start steps --------------------------------------------------------------------------
 
     def _load_bundle(self) -> Bundle:
-        """Load the bundle, verifying every sha256 and the signature the site asks for
-        (BundleError names a bad file)."""
-        return load_site_bundle(self.bundle_dir, self.cfg, self.config_source)
+        """Load the bundle, verifying the signature the site asks for and the sha256 of the
+        ONNX files this node runs (BundleError names a bad file); it never opens the others,
+        nor the base model or the fusion file."""
+        return load_site_bundle(
+            self.bundle_dir,
+            self.cfg,
+            self.config_source,
+            files=lambda m: m.onnx_files(self._node_submodels(m)),
+        )
 
-    def _resolve_submodels(self, bundle: Bundle) -> list[str]:
+    def _node_submodels(self, manifest: Manifest) -> list[str]:
         """The node's `submodels`, else the bundle plan's assignment to this node id."""
         try:
-            subs = node_submodels(self.cfg, self.node_id, bundle.manifest)
+            return node_submodels(self.cfg, self.node_id, manifest)
         except ConfigError as exc:  # it names "site config"; name the actual file
             raise ConfigError(self.config_source, exc.problems) from None
+
+    def _resolve_submodels(self, bundle: Bundle) -> list[str]:
+        subs = self._node_submodels(bundle.manifest)
         site = self.cfg.site
         self._routes = [(s, topics.feat(site, s), bundle.model_hash(s)) for s in subs]
         return subs

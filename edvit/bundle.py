@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -34,6 +34,9 @@ MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 MODEL_HASH_LEN = 16  # hex characters of the ONNX sha256 that identify a sub-model on the wire
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is kilobytes; refuse to parse anything huge
+# Bundle files and folders, whatever the umask: the services run under another uid
+# (systemd DynamicUser=) and must read them.
+FILE_MODE, DIR_MODE = 0o644, 0o755
 
 _PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -273,6 +276,10 @@ class Manifest(StrictModel):
             f"no sub-model {sub_id!r} in the bundle (has {[s.id for s in self.submodels]})"
         )
 
+    def onnx_files(self, sub_ids: Collection[str]) -> list[FileRef]:
+        """The ONNX files a node running `sub_ids` loads (what it verifies)."""
+        return [self.submodel(s).onnx for s in sub_ids]
+
 
 def canonical_json(data: Any) -> bytes:
     """The bytes the digest covers: sorted keys, no spaces, UTF-8, no NaN/Infinity."""
@@ -408,9 +415,28 @@ def _check_paths(root: Path, manifest: Manifest, source: str) -> None:
         raise BundleError(bad)
 
 
-def _verify_files(root: Path, manifest: Manifest) -> None:
+# Which of a manifest's files to hash: a process verifies the files it loads (a node its
+# ONNX files, the aggregator the fusion file); None: every file (`edvit validate`).
+FileSelector = Callable[[Manifest], Collection[FileRef]]
+
+
+def _unreadable(path: Path, root: Path, exc: OSError) -> str:
+    """A file or folder that cannot be read: the error, and the fix when it is permissions."""
+    fix = ""
+    if isinstance(exc, PermissionError):
+        fix = (
+            f"; the service user cannot read it: make the bundle world-readable "
+            f"(chmod -R a+rX {root}), or install it with `edvit install`"
+        )
+    return f"{path}: cannot read: {exc.strerror}{fix}"
+
+
+def _verify_files(root: Path, manifest: Manifest, files: FileSelector | None = None) -> None:
     problems = []
+    wanted = None if files is None else {ref.path for ref in files(manifest)}
     for key, ref in manifest.file_refs():
+        if wanted is not None and ref.path not in wanted:
+            continue
         path = root.joinpath(*PurePosixPath(ref.path).parts)
         where = f"(manifest.json {key})"
         if not path.is_file():
@@ -423,7 +449,11 @@ def _verify_files(root: Path, manifest: Manifest) -> None:
                 "the bundle was altered or is incomplete"
             )
             continue
-        digest = sha256_file(path)
+        try:
+            digest = sha256_file(path)
+        except OSError as exc:
+            problems.append(f"{_unreadable(path, root, exc)} {where}")
+            continue
         if digest != ref.sha256:
             problems.append(
                 f"{path}: sha256 mismatch (expected {_short(ref.sha256)}, got {_short(digest)}) "
@@ -433,22 +463,28 @@ def _verify_files(root: Path, manifest: Manifest) -> None:
         raise BundleError(problems)
 
 
-def _check(root: Path, text: bytes, source: str, verify: bool) -> Manifest:
+def _check(
+    root: Path, text: bytes, source: str, verify: bool, files: FileSelector | None = None
+) -> Manifest:
     data = _parse_json(text, source)
     manifest = _schema(data, source)
     _check_paths(root, manifest, source)
     if verify:
         _check_digest(data, source)
-        _verify_files(root, manifest)
+        _verify_files(root, manifest, files)
     return manifest
 
 
-def load_bundle(directory: str | Path, verify: bool = True) -> Bundle:
-    """Read `manifest.json`, check its schema, digest and every file; raise BundleError if bad.
+def load_bundle(
+    directory: str | Path, verify: bool = True, files: FileSelector | None = None
+) -> Bundle:
+    """Read `manifest.json`, check its schema, digest and files; raise BundleError if bad.
 
     `directory` is the bundle directory (or its manifest.json).
-    `verify=False` skips the digest and the file hashes (schema and path checks still run):
-    for inspecting a bundle only. Nodes and the aggregator always verify.
+    `files` picks the files to check (size and sha256) from the manifest; None: every file.
+    Nodes and the aggregator check the files they load: a Pi need not read (or even hold
+    readable) a base model it never runs. `verify=False` skips the digest and the file
+    hashes (schema and path checks still run): for inspecting a bundle only.
     """
     root = Path(directory)
     if root.name == MANIFEST and root.is_file():  # the manifest's path works too
@@ -462,10 +498,10 @@ def load_bundle(directory: str | Path, verify: bool = True) -> Bundle:
     except FileNotFoundError:
         raise BundleError([f"{source}: missing; {root} is not a bundle"]) from None
     except OSError as exc:
-        raise BundleError([f"{source}: cannot read: {exc.strerror}"]) from None
+        raise BundleError([_unreadable(root / MANIFEST, root, exc)]) from None
     if len(text) > MAX_MANIFEST_BYTES:
         raise BundleError([f"{source}: larger than {MAX_MANIFEST_BYTES} bytes; not a manifest"])
-    return Bundle(root=root, manifest=_check(root, text, source, verify))
+    return Bundle(root=root, manifest=_check(root, text, source, verify, files))
 
 
 def write_manifest(directory: str | Path, manifest: Manifest) -> Manifest:
@@ -485,6 +521,7 @@ def write_manifest(directory: str | Path, manifest: Manifest) -> Manifest:
     final = _check(root, text, str(root / MANIFEST), verify=True)
     tmp = root / f".{MANIFEST}.tmp"
     tmp.write_bytes(text)
+    tmp.chmod(FILE_MODE)
     os.replace(tmp, root / MANIFEST)
     return final
 

@@ -1,4 +1,5 @@
-"""`edvit`: commands for the whole system: validate configs and bundles; run the demo (README)."""
+"""`edvit`: commands for the whole system: validate configs and bundles; install and uninstall
+a node or the aggregator as a systemd service; run the demo (README)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel
 
@@ -14,7 +15,17 @@ from edvit.bundle import Bundle, BundleError, load_bundle
 from edvit.config import ConfigError, DevicesFile, load_config
 from edvit.config.loader import load_yaml
 from edvit.config.recipe import Recipe
-from edvit.config.site import SiteConfig, load_site_config
+from edvit.config.site import SiteConfig, check_site, load_site_config
+from edvit.install import (
+    CHECKOUT,
+    PASSWORD,
+    VENV,
+    InstallError,
+    InstallOptions,
+    Service,
+    install,
+    uninstall,
+)
 from edvit.signing import check_site_signature, describe_signature
 
 # kind → (the top-level key that marks a YAML file as that kind, its model)
@@ -53,8 +64,23 @@ def _validate_one(path: Path, kind: str | None) -> tuple[str, BaseModel | Bundle
     return model.__name__, load_config(path, model)
 
 
+def _check_site(name: str, cfg: SiteConfig, bundle: Bundle) -> int:
+    """Print what `check_site` finds (the sources of every node probed on this host); 1 when
+    the site cannot work with the bundle, else 0."""
+    check = check_site(cfg, bundle.manifest, local=cfg.nodes)
+    for warning in check.warnings:
+        print(f"{name}: warning: {warning}", file=sys.stderr)
+    for problem in check.problems:
+        print(f"{name}: {problem}", file=sys.stderr)
+    if check.problems:
+        return 1
+    print(f"{name}: ok with {bundle.root} (every sub-model on one node)")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
-    """Each file on its own, then each bundle against each site config's trusted keys."""
+    """Each file on its own, then each bundle against each site config: its trusted keys, then
+    the whole site (`check_site`)."""
     failed = 0
     sites: list[tuple[str, SiteConfig]] = []
     bundles: list[Bundle] = []
@@ -77,7 +103,58 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             except (ConfigError, BundleError) as exc:
                 print(exc, file=sys.stderr)
                 failed += 1
+                continue
+            failed += _check_site(site_name, cfg, bundle)
     return 2 if failed else 0
+
+
+def _service(args: argparse.Namespace) -> Service:
+    if args.role == "node":
+        return Service("node", args.node_id)
+    return Service("aggregator")
+
+
+def _cmd_install(args: argparse.Namespace) -> int:
+    opts = InstallOptions(
+        service=_service(args),
+        config=Path(args.config),
+        bundle=Path(args.bundle),
+        root=Path(args.root),
+        password_file=None if args.password_file is None else Path(args.password_file),
+        venv=PurePosixPath(args.venv),
+        make_venv=not args.no_venv,
+        source=args.source,
+    )
+    try:
+        install(opts)
+    except InstallError as exc:
+        print(f"edvit install: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_uninstall(args: argparse.Namespace) -> int:
+    try:
+        uninstall(_service(args), root=Path(args.root), purge=args.purge)
+    except InstallError as exc:
+        print(f"edvit uninstall: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _service_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """`node ID` and `aggregator` under install or uninstall, each with --root."""
+    roles = parser.add_subparsers(dest="role", required=True)
+    node = roles.add_parser("node", help="an edge node: unit edvit-node@ID")
+    node.add_argument("node_id", metavar="ID", help="the node's id in the site config")
+    aggregator = roles.add_parser("aggregator", help="the aggregator: unit edvit-aggregator")
+    for role in (node, aggregator):
+        role.add_argument(
+            "--root",
+            default="/",
+            help="a staging root to install into instead of / (systemctl is printed, not run)",
+        )
+    return [node, aggregator]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -110,11 +187,42 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     validate = sub.add_parser(
         "validate",
-        help="check config files, naming every bad key; bundles against site configs' keys",
+        help="check config files, naming every bad key; a site config given with bundles is "
+        "checked against each (trusted keys, sub-models on nodes, sources, tick vs inference)",
     )
     validate.add_argument("files", nargs="+", help="YAML config files or bundle directories")
     validate.add_argument("--kind", choices=sorted(CONFIG_KINDS), help="skip detection")
     validate.set_defaults(func=_cmd_validate)
+
+    inst = sub.add_parser(
+        "install", help="(root) venv, unit, site config, bundle and password; enable the unit"
+    )
+    inst.set_defaults(func=_cmd_install)
+    for role in _service_parsers(inst):
+        role.add_argument("--config", required=True, help="the site config (YAML)")
+        role.add_argument("--bundle", required=True, help="the bundle directory")
+        role.add_argument(
+            "--password-file",
+            help=f"the broker password, installed as {PASSWORD} (0600); omit for an "
+            "anonymous broker or to keep the installed one",
+        )
+        role.add_argument(
+            "--no-venv", action="store_true", help="skip creating the venv (the host manages it)"
+        )
+        role.add_argument(
+            "--venv", default=str(VENV), help="the venv the unit runs from (default: %(default)s)"
+        )
+        role.add_argument(
+            "--source",
+            default=str(CHECKOUT),
+            help="what pip installs into the venv (default: this checkout, %(default)s)",
+        )
+    uninst = sub.add_parser(
+        "uninstall", help="(root) disable the unit and remove what install wrote"
+    )
+    uninst.set_defaults(func=_cmd_uninstall)
+    for role in _service_parsers(uninst):
+        role.add_argument("--purge", action="store_true", help="remove the venv too")
 
     demo = sub.add_parser("demo", help="the whole site on this machine, with live results")
     demo.add_argument("--bundle", default="bundles/digits-demo", help="bundle (built if missing)")

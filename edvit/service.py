@@ -2,7 +2,9 @@
 the broker, run until SIGTERM/SIGINT, and map failures to exit codes systemd acts on.
 
 Exit codes: 0 after a clean stop; 2 for a config or bundle that cannot work (fix it, a
-restart will not help); 1 for a broker that refused us or never answered (systemd retries).
+restart will not help); 3 for a broker that refused our credentials (fix them); 1 for a
+broker that never answered (systemd retries). The units' RestartPreventExitStatus= lists
+2 and 3.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from edvit.mqtt import MqttClient, MqttError
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_RETRY, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_RETRY, EXIT_CONFIG, EXIT_AUTH = 0, 1, 2, 3
 
 
 class StartCancelledError(Exception):

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import Field, ValidationError
 
-from edvit.bundle import MANIFEST, Bundle, BundleError, load_bundle
+from edvit.bundle import MANIFEST, Bundle, BundleError, FileSelector, load_bundle
 from edvit.config.base import StrictModel
 from edvit.config.loader import ConfigError, key_path
 
@@ -331,11 +331,14 @@ def check_site_signature(bundle: Bundle, cfg: SiteConfig, config_source: str) ->
 
 
 def load_site_bundle(
-    directory: str | Path, cfg: SiteConfig, config_source: str = "site config"
+    directory: str | Path,
+    cfg: SiteConfig,
+    config_source: str = "site config",
+    files: FileSelector | None = None,
 ) -> Bundle:
-    """`load_bundle` (every sha256) and then the site's signature rule, before any model loads;
-    logs a warning at start when signatures are not checked."""
-    bundle = load_bundle(directory)
+    """`load_bundle` (the sha256 of `files`, default every file) and then the site's signature
+    rule, before any model loads; logs a warning at start when signatures are not checked."""
+    bundle = load_bundle(directory, files=files)
     result = check_site_signature(bundle, cfg, config_source)
     if result.checked:
         log.info("%s", result.note)

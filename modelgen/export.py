@@ -24,7 +24,15 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from edvit.bundle import BaseEntry, FileRef, FusionEntry, SubmodelEntry, file_ref
+from edvit.bundle import (
+    DIR_MODE,
+    FILE_MODE,
+    BaseEntry,
+    FileRef,
+    FusionEntry,
+    SubmodelEntry,
+    file_ref,
+)
 from edvit.fusion import FusionError, NumpyFusionMLP
 from edvit.onnx import ONNX_INPUT, ONNX_OUTPUTS, ort_session
 from edvit.plan import SubmodelPlan
@@ -123,7 +131,21 @@ def export_submodel(
     finally:
         model.train(was_training)
     save_model(model, config, st_path)
+    _readable(out_dir, onnx_path, st_path)
     return file_ref(out_dir, onnx_path), file_ref(out_dir, st_path)
+
+
+def _readable(out_dir: Path, *files: Path) -> None:
+    """Files FILE_MODE and their folders up to the bundle root DIR_MODE, whatever the umask
+    (safetensors writes 0600): the services read the bundle under another uid."""
+    for path in files:
+        path.chmod(FILE_MODE)
+        folder = path.parent
+        while True:
+            folder.chmod(DIR_MODE)
+            if folder == out_dir or out_dir not in folder.parents:
+                break
+            folder = folder.parent
 
 
 def verify_onnx(
@@ -223,6 +245,7 @@ def export_fusion(
     path = Path(out_dir) / FUSION_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     save_fusion(module, path)
+    _readable(Path(out_dir), path)
     verify_fusion(module, path, features)
     return file_ref(out_dir, path)
 

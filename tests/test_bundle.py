@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import stat
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +23,8 @@ from blocker import run_blocked
 from timm.models.vision_transformer import VisionTransformer
 
 from edvit.bundle import (
+    DIR_MODE,
+    FILE_MODE,
     MANIFEST,
     SCHEMA_VERSION,
     Bundle,
@@ -56,8 +63,17 @@ class Built:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    """Build the bundle the way `modelgen build` will: plan, export, fusion, manifest."""
+    """Build the bundle the way `modelgen build` will: plan, export, fusion, manifest; under
+    a strict umask, which must not make any file unreadable to the services."""
     torch.set_num_threads(1)
+    umask = os.umask(0o077)
+    try:
+        return _build(tmp_path_factory)
+    finally:
+        os.umask(umask)
+
+
+def _build(tmp_path_factory: pytest.TempPathFactory) -> Built:
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("built") / "bundle"
     root.mkdir()
@@ -293,6 +309,76 @@ def test_all_bad_files_are_reported_at_once(built: Built, tmp_path: Path) -> Non
     with pytest.raises(BundleError) as info:
         load_bundle(root)
     assert len(info.value.problems) == 2
+
+
+def test_bundle_files_are_world_readable(built: Built) -> None:
+    """The services run under another uid (DynamicUser=): every file 0644, folders 0755."""
+    modes = {
+        p.relative_to(built.root).as_posix(): stat.S_IMODE(p.stat().st_mode)
+        for p in [built.root, *built.root.rglob("*")]
+    }
+    assert modes.pop("submodels/g0.safetensors") == FILE_MODE  # safetensors writes 0600
+    assert {m for p, m in modes.items() if (built.root / p).is_file()} == {FILE_MODE}
+    assert {m for p, m in modes.items() if (built.root / p).is_dir()} == {DIR_MODE}
+
+
+def test_files_checks_only_the_files_a_process_loads(built: Built, tmp_path: Path) -> None:
+    """A node hashes its ONNX files, the aggregator the fusion file; the rest may differ."""
+    root = tmp_path / "bundle"
+    shutil.copytree(built.root, root)
+    _flip(root / "submodels/base.safetensors")
+    _flip(root / "submodels/g1.onnx")
+    with pytest.raises(BundleError) as info:
+        load_bundle(root)
+    assert len(info.value.problems) == 2
+    load_bundle(root, files=lambda m: m.onnx_files(["g0"]))
+    load_bundle(root, files=lambda m: [m.fusion.file])
+    with pytest.raises(BundleError, match=r"g1\.onnx: sha256 mismatch") as info:
+        load_bundle(root, files=lambda m: m.onnx_files(["g0", "g1"]))
+    assert len(info.value.problems) == 1
+    _edit_manifest(root, lambda d: _set(d, "classes.0", "nil"))
+    with pytest.raises(BundleError, match="digest mismatch"):  # the manifest is always checked
+        load_bundle(root, files=lambda m: [m.fusion.file])
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
+)
+def test_an_unreadable_file_is_a_clear_error(built: Built) -> None:
+    """A bundle copied with a 0600 file, read by a service user: the file and the fix."""
+    with tempfile.TemporaryDirectory() as tmp:  # pytest's tmp_path is not traversable by nobody
+        top = Path(tmp)
+        top.chmod(DIR_MODE)
+        root = top / "bundle"
+        shutil.copytree(built.root, root)
+        (root / "submodels/g0.onnx").chmod(0o600)
+        code = (
+            "import sys\n"
+            "from edvit.bundle import BundleError, load_bundle\n"
+            "try:\n"
+            "    load_bundle(sys.argv[1], files=lambda m: m.onnx_files(sys.argv[2:]))\n"
+            "except BundleError as exc:\n"
+            "    sys.exit(str(exc))\n"
+        )
+
+        def as_nobody(*subs: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*NOBODY, sys.executable, "-c", code, str(root), *subs],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=60,
+            )
+
+        assert as_nobody("g1").returncode == 0, as_nobody("g1").stderr  # g0 is not loaded
+        proc = as_nobody("g0", "g1")
+        assert proc.returncode == 1
+        assert f"{root / 'submodels/g0.onnx'}: cannot read: Permission denied" in proc.stderr
+        assert f"chmod -R a+rX {root}" in proc.stderr
+        assert "Traceback" not in proc.stderr
 
 
 def test_verify_false_skips_hashes_but_not_paths(built: Built, tmp_path: Path) -> None:

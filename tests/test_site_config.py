@@ -16,6 +16,7 @@ from edvit.config.site import (
     RelaySourceConfig,
     SiteConfig,
     broker_password,
+    check_site,
     load_site_config,
     node_submodels,
     parse_broker,
@@ -172,6 +173,10 @@ def test_password_from_a_systemd_credential(tmp_path: Path) -> None:
     assert broker_password(broker, {**env, "EDVIT_MQTT_PASSWORD": "env"}) == "env"
     # a credential directory without our credential: no password
     assert broker_password(BrokerConfig(password_credential="other"), env) is None
+    # the units' SetCredential= fallback (a lone newline) when the password file is absent:
+    # no password, so an anonymous site starts without one (not even broker.username is needed)
+    (tmp_path / "mqtt-password").write_text("\n")
+    assert broker_password(BrokerConfig(), env) is None
 
 
 def test_password_errors(tmp_path: Path) -> None:
@@ -179,9 +184,6 @@ def test_password_errors(tmp_path: Path) -> None:
         broker_password(BrokerConfig(username="u"), {"EDVIT_MQTT_PASSWORD": ""})
     with pytest.raises(ConfigError, match=r"broker\.username is not set"):
         broker_password(BrokerConfig(), {"EDVIT_MQTT_PASSWORD": "pw"})
-    (tmp_path / "mqtt-password").write_text("\n")
-    with pytest.raises(ConfigError, match="mqtt-password: the credential file is empty"):
-        broker_password(BrokerConfig(username="u"), {"CREDENTIALS_DIRECTORY": str(tmp_path)})
 
 
 # --- --broker ---------------------------------------------------------------------------------
@@ -218,9 +220,11 @@ def test_with_broker_overrides_host_and_port(tmp_path: Path) -> None:
 # --- which sub-models a node runs -----------------------------------------------------------
 
 
-def manifest(assignment: dict[str, str] | None) -> Any:
+def manifest(assignment: dict[str, str] | None, metrics: dict[str, Any] | None = None) -> Any:
     subs = [SimpleNamespace(id=i) for i in ("g0", "g1", "g2")]
-    return SimpleNamespace(submodels=subs, plan=SimpleNamespace(assignment=assignment))
+    return SimpleNamespace(
+        submodels=subs, plan=SimpleNamespace(assignment=assignment), metrics=metrics or {}
+    )
 
 
 def test_node_submodels(tmp_path: Path) -> None:
@@ -250,3 +254,132 @@ def test_node_submodels(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"nodes.pi-2.submodels: \['g7'\] are not in the bundle"):
         node_submodels(bad, "pi-2", plan)
+
+
+# --- the whole site against its bundle (edvit validate SITE BUNDLE) ---------------------------
+
+
+def site(tmp_path: Path, nodes: dict[str, Any], period: float = 1.0) -> SiteConfig:
+    return SiteConfig.model_validate(
+        {"site": "lab", "tick": {"period_s": period, "deadline_s": 0.5}, "nodes": nodes}
+    )
+
+
+def test_check_site_every_submodel_on_exactly_one_node(tmp_path: Path) -> None:
+    folder = {"kind": "images", "folder": str(tmp_path)}
+    good = site(
+        tmp_path,
+        {
+            "a": {"source": folder, "submodels": ["g0", "g1"]},
+            "b": {"source": folder, "submodels": ["g2"]},
+        },
+    )
+    assert check_site(good, manifest(None), local=good.nodes).problems == []
+    # the issue's site: g1 on two nodes, g2 on none -- validated `ok`, then 0 complete ticks
+    bad = site(
+        tmp_path,
+        {
+            "a": {"source": folder, "submodels": ["g0", "g1"]},
+            "b": {"source": folder, "submodels": ["g1"]},
+        },
+    )
+    assert check_site(bad, manifest(None)).problems == [
+        "nodes: sub-model g1 runs on 2 nodes (a, b); each sub-model must run on exactly one node",
+        "nodes: sub-model g2 runs on no node; list it in one node's submodels (without it no "
+        "tick is complete)",
+    ]
+    unknown = site(tmp_path, {"a": {"source": folder, "submodels": ["g0", "g1", "g2", "g9"]}})
+    problems = check_site(unknown, manifest(None)).problems
+    assert problems == ["nodes.a.submodels: ['g9'] are not in the bundle (has ['g0', 'g1', 'g2'])"]
+
+
+def test_check_site_probes_the_local_sources(tmp_path: Path) -> None:
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    all_subs = ["g0", "g1", "g2"]
+    cfg = site(
+        tmp_path,
+        {
+            "imgs": {
+                "source": {"kind": "images", "folder": str(tmp_path / "gone")},
+                "submodels": all_subs,
+            },
+            "wav": {
+                "source": {"kind": "wav", "folder": str(tmp_path / "nope")},
+                "submodels": ["g0"],
+            },
+            "vid": {
+                "source": {"kind": "video", "path": str(tmp_path / "clip.mp4")},
+                "submodels": ["g1"],
+            },
+            "v2": {
+                "source": {"kind": "video", "path": str(tmp_path / "no.mp4")},
+                "submodels": ["g2"],
+            },
+            "cam": {"source": {"kind": "camera", "device": 97}, "submodels": ["g0"]},
+            "url": {"source": {"kind": "camera", "device": "rtsp://x/y"}, "submodels": ["g1"]},
+        },
+    )
+    problems = [
+        p for p in check_site(cfg, manifest(None), local=cfg.nodes).problems if "runs on" not in p
+    ]
+    assert problems == [
+        f"nodes.imgs.source.folder: {tmp_path / 'gone'}: no such folder",
+        f"nodes.wav.source.folder: {tmp_path / 'nope'}: no such folder",
+        f"nodes.v2.source.path: {tmp_path / 'no.mp4'}: no such file",
+        "nodes.cam.source.device: /dev/video97: no such device on this host",
+    ]
+    # another host's sources are not probed (edvit install node X probes X only)
+    only = check_site(cfg, manifest(None), local=["vid"]).problems
+    assert not [p for p in only if "source" in p]
+
+
+def test_check_site_warns_when_inference_outlasts_the_tick(tmp_path: Path) -> None:
+    folder = {"kind": "images", "folder": str(tmp_path)}
+    cfg = site(
+        tmp_path,
+        {
+            "a": {"source": folder, "submodels": ["g0", "g1"]},
+            "b": {"source": folder, "submodels": ["g2"]},
+        },
+        period=0.5,
+    )
+    metrics = {
+        "per_submodel": [
+            {"id": "g0", "latency_ms": 300.0},
+            {"id": "g1", "latency_ms": 250.0},
+            {"id": "g2", "latency_ms": 100.0},
+        ]
+    }
+    check = check_site(cfg, manifest(None, metrics))
+    assert check.problems == []
+    assert check.warnings == [
+        "nodes.a: its sub-models g0, g1 took 550 ms a sample on the build machine, more than "
+        "tick.period_s 0.5 s; ticks will be skipped (a Pi is slower still)"
+    ]
+    assert check_site(cfg, manifest(None)).warnings == []  # nothing measured, nothing said
+
+
+def test_duplicate_yaml_keys_are_an_error(tmp_path: Path) -> None:
+    """The second key silently won: a node then reported another site."""
+    path = tmp_path / "site.yaml"
+    path.write_text("site: lab\nnodes:\n  cam:\n    source: {kind: camera}\nsite: attic\n")
+    with pytest.raises(ConfigError) as info:
+        load_site_config(path)
+    assert info.value.problems == [
+        "site: duplicate key (line 5, first on line 1); YAML would keep the second "
+        "silently, remove one"
+    ]
+    path.write_text("site: lab\nnodes:\n  cam:\n    source: {kind: camera, device: 0, device: 1}\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"site.yaml: nodes.cam.source.device: duplicate key "
+        r"\(line 4, first on line 4\)",
+    ):
+        load_site_config(path)
+    path.write_text(
+        "base: &b {kind: camera}\nsite: lab\nnodes:\n  cam:\n"
+        "    source:\n      <<: *b\n      kind: camera\n"
+    )
+    with pytest.raises(ConfigError, match="base: unknown key"):  # a merge key is no duplicate
+        load_site_config(path)
+    assert edvit_main(["validate", str(path)]) == 2

@@ -1,7 +1,8 @@
 """Load YAML into pydantic models, reporting every problem as `file: key.path[3]: message`.
 
 A config error must stop start-up with the exact key to fix, so pydantic's error locations
-are rendered as key paths and, where the YAML has the key, its line number.
+are rendered as key paths and, where the YAML has the key, its line number. A key given
+twice is an error too: plain YAML loaders keep the second silently.
 """
 
 from __future__ import annotations
@@ -65,11 +66,54 @@ def _describe(err: Any, root: yaml.Node | None) -> str:
     return f"{key_path(loc)}: {msg}{line}"
 
 
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """A mapping that gives the same key twice (where the second one is)."""
+
+    def __init__(self, path: str, key: yaml.Node, first: yaml.Node) -> None:
+        super().__init__(
+            problem=f"duplicate key (line {key.start_mark.line + 1}, first on line "
+            f"{first.start_mark.line + 1}); YAML would keep the second silently, remove one",
+            problem_mark=key.start_mark,
+        )
+        self.key_path = path
+
+
+def _check_duplicates(node: yaml.Node, loc: tuple[int | str, ...] = ()) -> None:
+    """Raise DuplicateKeyError for the first mapping key given twice, anywhere under `node`."""
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicates(item, (*loc, i))
+    elif isinstance(node, yaml.MappingNode):
+        seen: dict[tuple[str, Any], yaml.Node] = {}
+        for key, value in node.value:
+            if key.tag == "tag:yaml.org,2002:merge":
+                continue
+            ident = (key.tag, key.value if isinstance(key, yaml.ScalarNode) else id(key))
+            name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+            if ident in seen:
+                raise DuplicateKeyError(key_path((*loc, name)), key, seen[ident])
+            seen[ident] = key
+            _check_duplicates(value, (*loc, name))
+
+
+def _load(text: str) -> tuple[yaml.Node | None, Any]:
+    """The YAML node tree and its plain data (safe types only); YAMLError when not YAML
+    or a key is given twice."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None, None
+        _check_duplicates(root)
+        return root, loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
 def parse_config(text: str, model: type[M], source: str = "<string>") -> M:
     """Validate YAML text against `model`; raise ConfigError naming every bad key."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root, data = _load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(source, [_yaml_problem(exc)]) from None
     if not isinstance(data, dict):
@@ -82,6 +126,8 @@ def parse_config(text: str, model: type[M], source: str = "<string>") -> M:
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     """A YAML syntax error on one line, with where the parser noticed it."""
+    if isinstance(exc, DuplicateKeyError):
+        return f"{exc.key_path}: {exc.problem}"
     if isinstance(exc, yaml.MarkedYAMLError):
         what = ", ".join(p for p in (exc.context, exc.problem) if p)
         mark = exc.problem_mark or exc.context_mark
@@ -106,7 +152,7 @@ def read_text(path: str | Path) -> str:
 def load_yaml(path: str | Path) -> object:
     """A YAML file as plain data, not validated; ConfigError when unreadable or not YAML."""
     try:
-        return yaml.safe_load(read_text(path))
+        return _load(read_text(path))[1]
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [_yaml_problem(exc)]) from None
 

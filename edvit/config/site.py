@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -476,9 +477,11 @@ def broker_password(
 ) -> str | None:
     """The broker password: `$<password_env>`, else the systemd credential file, else None.
 
-    A trailing newline (as `echo` writes) is stripped from a credential file. Raises
-    ConfigError, naming the variable or file, when a source exists but is unusable, or when
-    a password is found without `broker.username` (MQTT sends no password without a user).
+    A trailing newline (as `echo` writes) is stripped from a credential file; an empty one
+    means no password (the units' `SetCredential=` default when the password file is
+    absent). Raises ConfigError, naming the variable or file, when a source exists but is
+    unusable, or when a password is found without `broker.username` (MQTT sends no password
+    without a user).
     """
     broker = cfg.broker if isinstance(cfg, SiteConfig) else cfg
     env = os.environ if environ is None else environ
@@ -500,9 +503,7 @@ def broker_password(
                 raise ConfigError(str(cred), [f"cannot read: {exc.strerror}"]) from None
             except UnicodeDecodeError:
                 raise ConfigError(str(cred), ["not UTF-8 text"]) from None
-            password = text.rstrip("\r\n")
-            if not password:
-                raise ConfigError(str(cred), ["the credential file is empty"])
+            password = text.rstrip("\r\n") or None
             origin = str(cred)
     if password is not None and broker.username is None:
         raise ConfigError(
@@ -553,3 +554,82 @@ def site_problems(cfg: SiteConfig, manifest: Manifest) -> list[str]:
         except ConfigError as exc:
             problems.extend(exc.problems)
     return problems
+
+
+@dataclass
+class SiteCheck:
+    """What `edvit validate SITE BUNDLE` found: problems make the site fail, warnings not."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_site(cfg: SiteConfig, manifest: Manifest, local: Collection[str] = ()) -> SiteCheck:
+    """The whole site against its bundle: `site_problems`, every sub-model on exactly one
+    node (a second copy or a missing one leaves no tick complete), the sources of the nodes
+    in `local` on this host, and each node's measured inference time against the tick."""
+    check = SiteCheck(problems=site_problems(cfg, manifest))
+    runs: dict[str, list[str]] = {s.id: [] for s in manifest.submodels}
+    for node_id, node in cfg.nodes.items():
+        if node_id in local:
+            check.problems.extend(_source_problems(node_id, node.source))
+        try:
+            subs = node_submodels(cfg, node_id, manifest)
+        except ConfigError:  # reported by site_problems; its known sub-models still count
+            for sub in node.submodels or []:
+                runs.get(sub, []).append(node_id)
+            continue
+        for sub in subs:
+            runs[sub].append(node_id)
+        slow = _latency_warning(cfg, node_id, subs, manifest.metrics)
+        if slow:
+            check.warnings.append(slow)
+    for sub, nodes in runs.items():
+        if len(nodes) > 1:
+            check.problems.append(
+                f"nodes: sub-model {sub} runs on {len(nodes)} nodes ({', '.join(nodes)}); "
+                "each sub-model must run on exactly one node"
+            )
+        elif not nodes:
+            check.problems.append(
+                f"nodes: sub-model {sub} runs on no node; list it in one node's submodels "
+                "(without it no tick is complete)"
+            )
+    return check
+
+
+def _source_problems(node_id: str, source: SourceConfig) -> list[str]:
+    """A replay file or folder, or a local camera device, that is not there (URLs and
+    microphones are not probed)."""
+    key = f"nodes.{node_id}.source"
+    if (source.kind == "images" or source.kind == "wav") and not Path(source.folder).is_dir():
+        return [f"{key}.folder: {source.folder}: no such folder"]
+    if source.kind == "video" and not Path(source.path).is_file():
+        return [f"{key}.path: {source.path}: no such file"]
+    if source.kind == "camera":
+        device = source.device
+        path = f"/dev/video{device}" if isinstance(device, int) else device
+        if path.startswith("/dev/") and not Path(path).exists():
+            return [f"{key}.device: {path}: no such device on this host"]
+    return []
+
+
+def _latency_warning(
+    cfg: SiteConfig, node_id: str, subs: list[str], metrics: Mapping[str, Any]
+) -> str | None:
+    """A node whose sub-models took longer than a tick on the build machine (the bundle's
+    measured latency; a Pi is slower still)."""
+    measured = {
+        m.get("id"): m.get("latency_ms")
+        for m in metrics.get("per_submodel", [])
+        if isinstance(m, dict)
+    }
+    latencies = [ms for s in subs if isinstance(ms := measured.get(s), int | float)]
+    total = sum(latencies)
+    if len(latencies) < len(subs) or total <= cfg.tick.period_s * 1000:
+        return None
+    return (
+        f"nodes.{node_id}: its sub-models {', '.join(subs)} took {total:.0f} ms a sample "
+        f"on the build machine, more than tick.period_s {cfg.tick.period_s:g} s; ticks "
+        "will be skipped (a Pi is slower still)"
+    )
