@@ -29,7 +29,7 @@ from edvit.bundle import Bundle
 from edvit.config.site import SiteConfig
 from edvit.jsonfmt import compact_json
 from edvit.mqtt import Message, MqttClient
-from edvit.service import spawn, wait_for_broker
+from edvit.service import begin_stop, spawn, wait_for_broker
 from edvit.signing import load_site_bundle
 from edvit.stats import LogThrottle, Window
 from edvit.wire import REASONS, WireError, decode_features, encode_result
@@ -107,14 +107,8 @@ class Aggregator:
 
     def stop(self) -> None:
         """Stop the threads, publish the last stats and `stopped`, disconnect. Idempotent."""
-        if self._stopping.is_set():
+        if not begin_stop(self._stopping, self._cancel, (self._timer, self._worker), timeout=5):
             return
-        self._stopping.set()
-        self._cancel.set()
-        sdnotify.stopping()
-        for thread in (self._timer, self._worker):
-            if thread is not None:
-                thread.join(timeout=5)
         if self.client is not None:
             if self.client.connected:
                 self.client.publish_json(topics.aggregator_stats(self.cfg.site), self.stats())

@@ -17,18 +17,16 @@ from edvit.bundle import BundleError
 from edvit.config import ConfigError
 from edvit.config.site import load_site_config, site_problems, with_broker
 from edvit.fusion import FusionError
-from edvit.service import add_run_args, serve, setup_logging, stop_on_signals
+from edvit.service import run_cli, serve, service_parser, setup_logging, stop_on_signals
 from edvit.signing import load_site_bundle
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="aggregator",
-        description="Fuse the site's sub-model features into results (see the README).",
+    parser, _, run = service_parser(
+        "aggregator",
+        "Fuse the site's sub-model features into results (see the README).",
+        "check the bundle (every sha256) and the config against it, then exit",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the aggregator until SIGTERM / Ctrl-C")
-    add_run_args(run, "check the bundle (every sha256) and the config against it, then exit")
     run.add_argument("--print", action="store_true", help="print one line per result")
     run.set_defaults(func=_cmd_run)
     return parser
@@ -69,9 +67,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    result: int = args.func(args)
-    return result
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from edvit.config.site import NodeConfig, SiteConfig, node_submodels
 from edvit.mqtt import Message, MqttClient
 from edvit.preprocess import AudioPreprocess, ImagePreprocess, preprocess
 from edvit.preprocess import warm_up_audio as warm_up_audio_frontend
-from edvit.service import StartError, spawn, wait_for_broker
+from edvit.service import StartError, begin_stop, spawn, wait_for_broker
 from edvit.signing import load_site_bundle
 from edvit.stats import LogThrottle
 from edvit.wire import WireError, decode_frame, encode_features, encode_frame
@@ -154,16 +154,9 @@ class EdgeNode:
     def stop(self) -> None:
         """Stop the tick loop, close the source, publish the last stats and `stopped`,
         disconnect. Idempotent; safe after a failed or cancelled start()."""
-        if self._stopping.is_set():
+        threads = (self._tick_thread, self._stats_thread)
+        if not begin_stop(self._stopping, self._cancel, threads, timeout=10):
             return
-        self._stopping.set()
-        self._cancel.set()
-        sdnotify.stopping()
-        for thread in (self._tick_thread, self._stats_thread):
-            if thread is not None:
-                thread.join(timeout=10)
-                if thread.is_alive():
-                    log.warning("%s did not end within 10 s", thread.name)
         if self.source is not None:
             self.source.close()
         if self.client is not None:

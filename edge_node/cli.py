@@ -17,7 +17,15 @@ from collections.abc import Sequence
 from edvit.bundle import BundleError
 from edvit.config import ConfigError
 from edvit.config.site import load_site_config, with_broker
-from edvit.service import EXIT_OK, EXIT_RETRY, add_run_args, serve, setup_logging, stop_on_signals
+from edvit.service import (
+    EXIT_OK,
+    EXIT_RETRY,
+    run_cli,
+    serve,
+    service_parser,
+    setup_logging,
+    stop_on_signals,
+)
 
 
 def _positive_int(text: str) -> int:
@@ -31,14 +39,10 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="edge-node",
-        description="Capture, run this node's sub-models and publish features (see the README).",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run one node until SIGTERM / Ctrl-C")
-    add_run_args(
-        run, "check the bundle (every sha256), the node's sub-models and its source, then exit"
+    parser, _, run = service_parser(
+        "edge-node",
+        "Capture, run this node's sub-models and publish features (see the README).",
+        "check the bundle (every sha256), the node's sub-models and its source, then exit",
     )
     run.add_argument("--node", required=True, help="node id (a key of `nodes` in the config)")
     run.add_argument(
@@ -92,9 +96,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    result: int = args.func(args)
-    return result
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,15 @@ class FileRef(StrictModel):
         return _check_sha256(value)
 
 
-class BaseEntry(StrictModel):
+class ModelCost(StrictModel):
+    """What a model costs to ship and run: the figures the plan and reports compare."""
+
+    params: int = Field(ge=0, description="Parameter count, classifier head included.")
+    size_mib: float = Field(ge=0, description="Size of the fp32 weights in MiB.")
+    gmacs: float = Field(ge=0, description="GMACs per sample.")
+
+
+class BaseEntry(ModelCost):
     """The base ViT the sub-models were cut from (for reports and `modelgen eval`)."""
 
     arch: str = Field(min_length=1, description="Architecture as given: timm name or vit: spec.")
@@ -108,9 +116,6 @@ class BaseEntry(StrictModel):
     num_heads: int = Field(ge=1, description="Attention heads of the base model.")
     embed_dim: int = Field(ge=1, description="Embedding width of the base model.")
     depth: int = Field(ge=1, description="Number of transformer blocks.")
-    params: int = Field(ge=0, description="Parameter count, classifier head included.")
-    size_mib: float = Field(ge=0, description="Size of the fp32 weights in MiB.")
-    gmacs: float = Field(ge=0, description="GMACs per sample.")
     test_accuracy: float | None = Field(
         default=None, ge=0, le=1, description="Top-1 accuracy on the bundle's test split."
     )
@@ -122,7 +127,7 @@ class BaseEntry(StrictModel):
     )
 
 
-class SubmodelEntry(StrictModel):
+class SubmodelEntry(ModelCost):
     """One class-specific sub-model: what a node runs and what the aggregator expects from it."""
 
     id: Id = Field(description="Sub-model id, e.g. g0 (topic level).")
@@ -133,9 +138,6 @@ class SubmodelEntry(StrictModel):
     embed_dim: int = Field(ge=1, description="Embedding width (64 per head for timm ViTs).")
     feature_dim: int = Field(ge=1, description="Length of the CLS feature vector it publishes.")
     outputs: int = Field(ge=1, description="Logits: its classes plus one 'others' when N > 1.")
-    params: int = Field(ge=0, description="Parameter count.")
-    size_mib: float = Field(ge=0, description="Size of the fp32 weights in MiB.")
-    gmacs: float = Field(ge=0, description="GMACs per sample.")
     input_shape: list[int] = Field(
         min_length=3, max_length=3, description="One sample's input (C, H, W), batch excluded."
     )

@@ -26,6 +26,7 @@ from edvit.install import (
     install,
     uninstall,
 )
+from edvit.service import run_cli
 from edvit.signing import check_site_signature, describe_signature
 
 # kind → (the top-level key that marks a YAML file as that kind, its model)
@@ -243,9 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    result: int = args.func(args)
-    return result
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":

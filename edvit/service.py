@@ -15,11 +15,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol
 
+from edvit import sdnotify
 from edvit.config.site import parse_broker
 from edvit.mqtt import MqttClient, MqttError
 
@@ -66,6 +67,12 @@ def add_run_args(run: argparse.ArgumentParser, validate_help: str) -> None:
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
+def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse `argv` and run the chosen sub-command's `func`; what it returns is the exit code."""
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level, format="%(name)s: %(levelname)s: %(message)s", stream=sys.stderr
@@ -101,6 +108,38 @@ def wait_for_broker(client: MqttClient, timeout: float | None, cancel: threading
             )
         if waited % 5 == 0:
             log.warning("waiting for the broker at %s (%s)", client.address, client.last_error)
+
+
+def begin_stop(
+    stopping: threading.Event,
+    cancel: threading.Event,
+    threads: Sequence[threading.Thread | None],
+    timeout: float,
+) -> bool:
+    """The first steps of a service's stop(): mark it stopping, cancel a start() still
+    waiting, tell systemd, join `threads`. False when stop() already ran (it is idempotent)."""
+    if stopping.is_set():
+        return False
+    stopping.set()
+    cancel.set()
+    sdnotify.stopping()
+    for thread in threads:
+        if thread is not None:
+            thread.join(timeout=timeout)
+            if thread.is_alive():
+                log.warning("%s did not end within %g s", thread.name, timeout)
+    return True
+
+
+def service_parser(
+    prog: str, description: str, validate_help: str
+) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[Any], argparse.ArgumentParser]:
+    """A service's command line: the parser, its sub-commands, and `run` (add_run_args)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run until SIGTERM (systemd stop) or Ctrl-C")
+    add_run_args(run, validate_help)
+    return parser, sub, run
 
 
 def spawn(name: str, target: Callable[[], None]) -> threading.Thread:

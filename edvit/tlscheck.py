@@ -27,6 +27,20 @@ class TlsProblem:
     message: str
 
 
+# What to change for each kind of failure: the key a person edits.
+_HINTS = {
+    "verify": "broker.tls.ca_file must be the CA that signed the broker's certificate",
+    "hostname": "set broker.host to a name the broker's certificate lists",
+    "client-cert": "the broker requires a client certificate it accepts: set "
+    "broker.tls.cert_file and key_file",
+    "handshake": "is broker.port a TLS listener (8883), or does broker.tls belong to another port?",
+}
+
+
+def _problem(kind: str, where: str, what: str) -> TlsProblem:
+    return TlsProblem(kind, f"TLS to {where}: {what}; {_HINTS[kind]}")
+
+
 def tls_context(broker: BrokerConfig) -> ssl.SSLContext:
     """The context paho's `tls_set(ca, cert, key, CERT_REQUIRED)` makes: verify the chain and
     the host name; present the client certificate when one is configured."""
@@ -63,34 +77,14 @@ def tls_problem(broker: BrokerConfig, timeout: float = HANDSHAKE_TIMEOUT_S) -> T
     except ssl.SSLCertVerificationError as exc:
         reason = exc.verify_message or str(exc)
         if "hostname" in reason.lower() or "ip address mismatch" in reason.lower():
-            return TlsProblem(
-                "hostname",
-                f"TLS to {where}: the broker's certificate is not valid for {broker.host!r} "
-                f"({reason}); set broker.host to a name the certificate lists",
-            )
-        return TlsProblem(
-            "verify",
-            f"TLS to {where}: certificate verify failed ({reason}); broker.tls.ca_file must "
-            "be the CA that signed the broker's certificate",
-        )
+            return _problem("hostname", where, f"not valid for {broker.host!r} ({reason})")
+        return _problem("verify", where, f"certificate verify failed ({reason})")
     except ssl.SSLError as exc:
         text = exc.reason or str(exc)
-        if "CERTIFICATE_REQUIRED" in text.upper() or "HANDSHAKE_FAILURE" in text.upper():
-            return TlsProblem(
-                "client-cert",
-                f"TLS to {where}: the broker requires a client certificate it accepts "
-                f"({text}); set broker.tls.cert_file and key_file",
-            )
-        return TlsProblem(
-            "handshake",
-            f"TLS to {where}: handshake failed ({text}); is {broker.port} the broker's TLS port?",
-        )
+        needs_cert = any(k in text.upper() for k in ("CERTIFICATE_REQUIRED", "HANDSHAKE_FAILURE"))
+        return _problem("client-cert" if needs_cert else "handshake", where, f"refused ({text})")
     except ConnectionResetError:
-        return TlsProblem(
-            "handshake",
-            f"TLS to {where}: the broker closed the connection during the TLS handshake; is "
-            f"{broker.port} a TLS listener (8883), or does broker.tls belong to another port?",
-        )
+        return _problem("handshake", where, "the broker closed the connection mid-handshake")
     except OSError:
         return None  # a time-out or the network: retrying is right
     finally:
