@@ -1,7 +1,10 @@
 """The aggregator service: validate feature messages, align them by tick, fuse, publish.
 
 Threads, and why:
-- paho's network thread only enqueues messages (bounded inbox; never any work there);
+- paho's network thread only sorts messages by sender into a FairInbox (one bounded queue
+  per assigned feature topic, served in turn, so one flooding node costs only its own
+  ticks); a message on any other topic is counted (`wrong_node`, `unknown_sub`) and dropped
+  there, unread;
 - the worker owns the alignment buffer: it decodes and validates each message, adds it,
   and wakes at the next deadline to emit partial ticks, so buffer state needs no lock;
 - the timer publishes stats and tells systemd's watchdog the worker is alive — a worker
@@ -13,7 +16,6 @@ raises out of the worker and never holds up other ticks.
 from __future__ import annotations
 
 import logging
-import queue
 import sys
 import threading
 import time
@@ -24,11 +26,12 @@ from typing import Any, TextIO
 from aggregator.alignment import Aligner, Emitted
 from aggregator.discovery import discovery_messages
 from aggregator.fusion import Fuser
+from aggregator.inbox import FairInbox
 from edvit import sdnotify, topics
 from edvit.bundle import Bundle
-from edvit.config.site import SiteConfig
+from edvit.config.site import SiteConfig, feature_senders
 from edvit.jsonfmt import compact_json
-from edvit.mqtt import Message, MqttClient
+from edvit.mqtt import Message, MqttClient, MqttError
 from edvit.service import begin_stop, spawn, wait_for_broker
 from edvit.signing import load_site_bundle
 from edvit.stats import LogThrottle, Window
@@ -62,7 +65,7 @@ class Aggregator:
         self._clock = clock
         self._cancel = cancel or threading.Event()
         self._stopping = threading.Event()
-        self._inbox: queue.Queue[Message] = queue.Queue(maxsize=cfg.aggregator.queue_size)
+        self._inbox: FairInbox[Message] | None = None
         self._lock = threading.Lock()  # guards the counters the timer reads
         self._started_at = time.monotonic()
         self._beat = time.monotonic()
@@ -73,10 +76,12 @@ class Aggregator:
         self.client: MqttClient | None = None
         self.aligner: Aligner | None = None
         self._expected: dict[str, tuple[str, int]] = {}
+        self._senders: dict[str, tuple[str, str]] = {}  # feature topic → (node, sub-model)
         self._received = 0
         self._fused = 0
         self._errors = 0
-        self._dropped: dict[str, int] = dict.fromkeys(REASONS, 0)
+        self._dropped: dict[str, int] = dict.fromkeys((*REASONS, "queue_full"), 0)
+        self.error: Exception | None = None  # why the service ended by itself (see serve)
         self._latency = Window(LATENCY_WINDOW)
         self._overhead = Window(LATENCY_WINDOW)
         self._drop_log = LogThrottle(log)
@@ -88,6 +93,7 @@ class Aggregator:
     def start(self, connect_timeout: float | None = None) -> None:
         """Bring the service up, one step at a time; stop() undoes whatever was done."""
         self.bundle = self._load_bundle()
+        self._inbox = self._make_inbox(self.bundle)
         self.fuser = Fuser.from_bundle(self.bundle)
         self.aligner = self._make_aligner(self.bundle)
         self.client = self._make_client()
@@ -125,6 +131,15 @@ class Aggregator:
         }
         return bundle
 
+    def _make_inbox(self, bundle: Bundle) -> FairInbox[Message]:
+        """One queue per feature topic the site assigns (ConfigError for a site that does
+        not give each sub-model exactly one node): whose features to trust is fixed here."""
+        senders = feature_senders(self.cfg, bundle.manifest)
+        site = self.cfg.site
+        self._senders = {topics.feat(site, node, sub): (node, sub) for sub, node in senders.items()}
+        depth = max(1, self.cfg.aggregator.queue_size // len(self._senders))
+        return FairInbox(list(self._senders), depth)
+
     def _make_aligner(self, bundle: Bundle) -> Aligner:
         return Aligner(
             [s.id for s in bundle.manifest.submodels],
@@ -139,28 +154,54 @@ class Aggregator:
             self.cfg.broker,
             client_id=topics.client_id(site, "aggregator"),
             status_topic=topics.aggregator_status(site),
+            login=self.cfg.login(),
+            session_topic=topics.aggregator_session(site),
             subscriptions=[(topics.feat_wildcard(site), FEATURE_QOS)],
-            inbox=self._inbox,
+            on_message=self._sort,
+            on_fatal=self._on_fatal,
         )
         for topic, payload in discovery_messages(self.cfg):  # empty: remove the entity
             client.publish_on_connect(topic, b"" if payload is None else compact_json(payload))
         return client
 
+    # --- paho's thread: sort by sender, never block ---------------------------------------------
+
+    def _sort(self, msg: Message) -> None:
+        if self._inbox is not None and msg.topic in self._inbox:
+            if not self._inbox.put(msg.topic, msg):
+                with self._lock:
+                    self._dropped["queue_full"] += 1
+            return
+        parsed = topics.parse_feat_topic(self.cfg.site, msg.topic)
+        known = parsed is not None and parsed[1] in self._expected
+        exc = WireError(
+            "wrong_node" if known else "unknown_sub",
+            "a sub-model the site assigns to another node"
+            if known
+            else "no sub-model of the bundle, or not a feature topic",
+        )
+        with self._lock:
+            self._received += 1
+            self._dropped[exc.reason] += 1
+        self._log_drop(exc, msg.topic)
+
+    def _on_fatal(self, exc: MqttError) -> None:
+        """The broker will not have us (login refused, identity taken): stop, exit with why."""
+        self.error = exc
+        self._cancel.set()
+
     # --- worker -------------------------------------------------------------------------------
 
     def _work(self) -> None:
-        aligner = self.aligner
-        if aligner is None:  # start() creates it before the worker
+        aligner, inbox = self.aligner, self._inbox
+        if aligner is None or inbox is None:  # start() creates them before the worker
             return
         while not self._stopping.is_set():
             timeout = HEARTBEAT_MAX_S
             next_deadline = aligner.next_deadline()
             if next_deadline is not None:
                 timeout = max(0.0, min(timeout, next_deadline - self._clock()))
-            try:
-                msg: Message | None = self._inbox.get(timeout=timeout)
-            except queue.Empty:
-                msg = None
+            msg = inbox.get(timeout=timeout)
             self._beat = time.monotonic()
             try:
                 emitted = aligner.expire(self._clock())
@@ -188,7 +229,8 @@ class Aggregator:
                 max_past=tick_cfg.max_past_ticks,
                 max_future=tick_cfg.max_future_ticks,
                 max_bytes=self.cfg.aggregator.max_message_bytes,
-                topic_sub=topics.sub_of_feat_topic(self.cfg.site, msg.topic),
+                topic_sub=self._senders[msg.topic][1],
+                topic_node=self._senders[msg.topic][0],
             )
         except WireError as exc:
             with self._lock:
@@ -280,7 +322,6 @@ class Aggregator:
         feature_age_s = self._feature_age_s(time.monotonic())
         with self._lock:
             dropped = dict(self._dropped)
-            dropped["queue_full"] = client.dropped if client is not None else 0
             dropped["overflow"] = aligner.overflow if aligner is not None else 0
             dropped["error"] = self._errors
             return {

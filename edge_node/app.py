@@ -42,20 +42,19 @@ from edvit import sdnotify, topics
 from edvit.bundle import Bundle, Manifest
 from edvit.config import ConfigError
 from edvit.config.site import NodeConfig, SiteConfig, node_submodels
-from edvit.mqtt import Message, MqttClient
+from edvit.mqtt import Message, MqttClient, MqttError
 from edvit.preprocess import AudioPreprocess, ImagePreprocess, preprocess
 from edvit.preprocess import warm_up_audio as warm_up_audio_frontend
-from edvit.service import StartError, begin_stop, spawn, wait_for_broker
+from edvit.service import ServiceFailedError, StartError, begin_stop, spawn, wait_for_broker
 from edvit.signing import load_site_bundle
 from edvit.stats import LogThrottle
-from edvit.wire import WireError, decode_frame, encode_features, encode_frame
+from edvit.wire import MAX_FRAME_BYTES, WireError, decode_frame, encode_features, encode_frame
 
 log = logging.getLogger("edge_node")
 
 FEATURE_QOS = 1  # the aggregator must see every tick's features: acknowledged delivery
 FRAME_QOS = 0  # a relayed frame is useful for one tick only: never retransmit a stale one
 STATS_QOS = 0
-MAX_FRAME_BYTES = 8 << 20  # a relayed JPEG frame larger than this is refused unread
 WAIT_SLICE_S = 0.5  # the tick thread re-reads the wall clock (NTP steps) at least this often
 
 
@@ -94,7 +93,7 @@ class EdgeNode:
         self.runner: SubmodelRunner | None = None
         self.source: Source | None = None
         self.client: MqttClient | None = None
-        self.error: str | None = None
+        self.error: Exception | None = None  # why the node ended by itself (see serve)
         """Why the node ended by itself (a source broken for good); None otherwise."""
         self._routes: list[tuple[str, str, str]] = []
         """(sub-model, feature topic, model hash) per hosted sub-model, in run order."""
@@ -189,7 +188,7 @@ class EdgeNode:
     def _resolve_submodels(self, bundle: Bundle) -> list[str]:
         subs = self._node_submodels(bundle.manifest)
         site = self.cfg.site
-        self._routes = [(s, topics.feat(site, s), bundle.model_hash(s)) for s in subs]
+        self._routes = [(s, topics.feat(site, self.node_id, s), bundle.model_hash(s)) for s in subs]
         return subs
 
     def _make_source(self, spec: ImagePreprocess | AudioPreprocess) -> Source:
@@ -241,10 +240,18 @@ class EdgeNode:
         return MqttClient(
             self.cfg.broker,
             client_id=topics.client_id(site, f"node-{self.node_id}"),
+            login=self.cfg.login(self.node_id),
             status_topic=topics.node_status(site, self.node_id),
+            session_topic=topics.node_session(site, self.node_id),
             subscriptions=subscriptions,
             on_message=on_message,
+            on_fatal=self._on_fatal,
         )
+
+    def _on_fatal(self, exc: MqttError) -> None:
+        """The broker will not have us (login refused, identity taken): stop, exit with why."""
+        self.error = exc
+        self._cancel.set()
 
     # --- relay frames (paho's thread: never block) --------------------------------------------
 
@@ -298,7 +305,7 @@ class EdgeNode:
                     self._stats.counters.add("skipped", overrun)
         except Exception as exc:  # a bug: end with an error, so systemd restarts the node
             log.exception("tick loop failed")
-            self.error = f"tick loop failed: {exc!r}"
+            self.error = ServiceFailedError(f"tick loop failed: {exc!r}")
         finally:
             self._cancel.set()  # tells the CLI the node ended (or is ending) either way
 
@@ -314,7 +321,7 @@ class EdgeNode:
         try:
             sample = source.read(tick)
         except SourceError as exc:
-            self.error = str(exc)
+            self.error = ServiceFailedError(f"source lost for good: {exc}")
             log.error("source lost for good: %s", exc)
             return False
         if sample is None:

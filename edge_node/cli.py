@@ -18,8 +18,6 @@ from edvit.bundle import BundleError
 from edvit.config import ConfigError
 from edvit.config.site import load_site_config, with_broker
 from edvit.service import (
-    EXIT_OK,
-    EXIT_RETRY,
     run_cli,
     serve,
     service_parser,
@@ -86,13 +84,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
 
-    code = serve(
+    return serve(
         app, "edge-node", stop, args.connect_timeout, (ConfigError, BundleError, RunnerError)
     )
-    if code == EXIT_OK and app.error is not None:  # the tick loop ended on a lost device
-        print(f"edge-node: {app.error}", file=sys.stderr)
-        return EXIT_RETRY
-    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -188,10 +188,10 @@ def check(opts: InstallOptions, say: Say) -> Bundle:
         say(f"warning: {opts.config}: {warning}")
     if result.problems:
         raise InstallError("\n".join(f"{opts.config}: {p}" for p in result.problems))
-    if opts.password_file is not None and cfg.broker.username is None:
+    if opts.password_file is not None and cfg.broker.auth != "password":
         raise InstallError(
-            f"{opts.config}: broker.username is not set, so the password in "
-            f"{opts.password_file} would never be sent; set the user name or drop "
+            f"{opts.config}: broker.auth is {cfg.broker.auth!r}, so the password in "
+            f"{opts.password_file} would never be sent; set auth: password or drop "
             "--password-file"
         )
     return bundle

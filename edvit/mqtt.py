@@ -11,6 +11,11 @@ The rules every long-running part of the site follows (as paho's own examples do
   counts it) or to a callback that must return at once. Blocking paho's thread would stall
   keep-alives and every other message.
 - paho's own outgoing queue is bounded too, so a long broker outage cannot grow memory.
+- One identity, one process: with a session topic, the client keeps a retained random token
+  there. A second process logging in as the same user takes the session over (the broker
+  ties client ids to users), and each sees the other's token on its next connect; after
+  TAKEOVERS of those within TAKEOVER_WINDOW_S both give up with IdentityError instead of
+  knocking each other off forever.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import secrets
 import socket
 import ssl
 import threading
@@ -39,10 +45,25 @@ RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 5
 MAX_QUEUED_OUTGOING = 1000
 _FATAL_CONNACK = ("Bad user name or password", "Not authorized")
+AUTH_REFUSALS = 3  # refused CONNACKs in a row before giving up (a broker reloading its users)
+TAKEOVERS = 3
+TAKEOVER_WINDOW_S = 60.0
 
 
 class MqttError(Exception):
-    """The broker refused us for good (credentials), or TLS could not be set up."""
+    """The broker cannot be used with this configuration (e.g. unreadable TLS files)."""
+
+
+class AuthError(MqttError):
+    """The broker refused our login, again and again: the credentials are wrong."""
+
+
+class IdentityError(MqttError):
+    """Another process uses our login: two processes, one identity."""
+
+
+class TlsError(MqttError):
+    """TLS to the broker fails in a way retrying will not fix (edvit.tlscheck)."""
 
 
 @dataclass(frozen=True)
@@ -75,21 +96,28 @@ class MqttClient:
         *,
         client_id: str,
         status_topic: str,
+        login: str | None = None,
+        session_topic: str | None = None,
         subscriptions: Sequence[tuple[str, int]] = (),
         inbox: queue.Queue[Message] | None = None,
         on_message: MessageCallback | None = None,
+        on_fatal: Callable[[MqttError], None] | None = None,
         password: str | None = None,
         max_queued_outgoing: int = MAX_QUEUED_OUTGOING,
     ) -> None:
         """`inbox` (bounded) or `on_message` (non-blocking) receives the subscribed messages.
 
-        `password` None reads it with `broker_password(broker)` (environment variable or
-        systemd credential); ConfigError if that source is unusable.
+        `login` is the user to log in as (broker.auth password) and `password` its
+        password; None reads it with `broker_password(broker)` (environment variable or
+        systemd credential; ConfigError if that source is unusable). `on_fatal` hears,
+        from paho's thread, of an AuthError or IdentityError after start-up (it must not
+        block); before, wait_connected raises it.
         """
         if inbox is not None and on_message is not None:
             raise ValueError("give inbox or on_message, not both")
         self.broker = broker
         self.client_id = client_id
+        self._login = login or client_id
         self.status_topic = status_topic
         self._subscriptions = list(subscriptions)
         self._inbox = inbox
@@ -100,7 +128,13 @@ class MqttClient:
         self._started = False
         self._stopped = False
         self._connects = 0
-        self._fatal: str | None = None
+        self._refusals = 0
+        self._fatal: MqttError | None = None
+        self._on_fatal = on_fatal
+        self.session_topic = session_topic
+        self._token = secrets.token_hex(8).encode()
+        self._takeovers: list[float] = []
+        self.connect_failures = 0  # connects that failed before the broker answered (TCP, TLS)
         self.last_error: str | None = None
         self.dropped = 0  # messages lost because the inbox was full
 
@@ -110,9 +144,9 @@ class MqttClient:
             clean_session=True,
             protocol=paho.MQTTv311,
         )
-        if broker.username is not None:
+        if broker.auth == "password" and login is not None:
             secret = password if password is not None else broker_password(broker)
-            client.username_pw_set(broker.username, secret)
+            client.username_pw_set(login, secret)
         if broker.tls is not None:
             tls = broker.tls
             try:
@@ -185,24 +219,71 @@ class MqttClient:
         if reason_code.is_failure:
             name = str(reason_code)
             self.last_error = f"refused: {name}"
-            if name in _FATAL_CONNACK:
-                self._fatal = f"the broker at {self.address} refused the connection: {name}"
             log.warning("MQTT %s: connection refused: %s", self.address, name)
+            self._refusals = self._refusals + 1 if name in _FATAL_CONNACK else 0
+            if self._refusals >= AUTH_REFUSALS:
+                self._fail(
+                    AuthError(
+                        f"the broker at {self.address} refused the login {self._login!r} "
+                        f"{self._refusals} times: {name}; check the password (broker."
+                        "password_env / password_credential) and the broker's password file"
+                    )
+                )
             return
         self._connects += 1
+        self._refusals = 0
         self.last_error = None
         if self._connects > 1:
             log.info("MQTT %s: reconnected (%d reconnects)", self.address, self.reconnects)
         # Subscribe before announcing `online`: the broker handles our packets in order, so
         # whoever sees `online` can publish to us and be heard.
-        if self._subscriptions:
-            client.subscribe(self._subscriptions)
+        subscriptions = list(self._subscriptions)
+        if self.session_topic is not None:
+            subscriptions.append((self.session_topic, 1))
+        if subscriptions:
+            client.subscribe(subscriptions)
         for topic, payload in self._on_connect_retained:
             client.publish(topic, payload, qos=1, retain=True)
+        if self.session_topic is not None:
+            client.publish(self.session_topic, self._token, qos=1, retain=True)
         self._connected.set()
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        self.connect_failures += 1
         self.last_error = "cannot connect (broker down or unreachable)"
+
+    def _fail(self, exc: MqttError) -> None:
+        """A condition retrying cannot fix: stop reconnecting, tell wait_connected / on_fatal."""
+        if self._fatal is not None:
+            return
+        self._fatal = exc
+        log.error("MQTT %s: %s", self.address, exc)
+        self._client.disconnect()  # paho's reconnect loop stops after a deliberate disconnect
+        if self._on_fatal is not None:
+            self._on_fatal(exc)
+
+    def _session_seen(self, payload: bytes) -> None:
+        """A token on our session topic: ours, cleared, or another process's (a take-over)."""
+        if not payload or payload == self._token:
+            return
+        now = time.monotonic()
+        self._takeovers = [t for t in self._takeovers if now - t < TAKEOVER_WINDOW_S]
+        self._takeovers.append(now)
+        log.warning(
+            "MQTT %s: another process logged in as %r (%d times in %g s)",
+            self.address,
+            self._login,
+            len(self._takeovers),
+            TAKEOVER_WINDOW_S,
+        )
+        if len(self._takeovers) >= TAKEOVERS:
+            self._fail(
+                IdentityError(
+                    f"another process uses the login {self._login!r} on {self.address} "
+                    f"(session taken over {len(self._takeovers)} times within "
+                    f"{TAKEOVER_WINDOW_S:g} s): give every node its own id and login"
+                )
+            )
 
     def _on_disconnect(
         self,
@@ -219,6 +300,9 @@ class MqttClient:
             log.warning("MQTT %s: disconnected (%s); reconnecting", self.address, reason_code)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        if msg.topic == self.session_topic:
+            self._session_seen(bytes(msg.payload))
+            return
         message = Message(
             topic=msg.topic,
             payload=bytes(msg.payload),
@@ -255,7 +339,7 @@ class MqttClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._fatal is not None:
-                raise MqttError(self._fatal)
+                raise self._fatal
             left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
             if left <= 0:
                 return self.connected
@@ -291,6 +375,8 @@ class MqttClient:
                 return
             self._stopped = True
         if self.connected:
+            if self.session_topic is not None:  # a clean exit is no take-over
+                self._client.publish(self.session_topic, b"", qos=1, retain=True)
             info = self._client.publish(self.status_topic, STOPPED, qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout)

@@ -1,10 +1,12 @@
 """What the long-running services (edge node, aggregator) share: how they start, wait for
 the broker, run until SIGTERM/SIGINT, and map failures to exit codes systemd acts on.
 
-Exit codes: 0 after a clean stop; 2 for a config or bundle that cannot work (fix it, a
-restart will not help); 3 for a broker that refused our credentials (fix them); 1 for a
-broker that never answered (systemd retries). The units' RestartPreventExitStatus= lists
-2 and 3.
+Exit codes: 0 after a clean stop; 1 for what a restart may cure (a broker that never
+answered, a lost device: systemd retries); and, for what only a person can fix, 2 for a
+config or bundle that cannot work, 3 for a broker that keeps refusing our login, 4 for a
+login another process uses too, 5 for TLS that cannot work (certificate verify failed,
+host name mismatch, a client certificate the broker wants). The units'
+RestartPreventExitStatus= lists 2 3 4 5.
 """
 
 from __future__ import annotations
@@ -22,11 +24,25 @@ from typing import Any, Protocol
 
 from edvit import sdnotify
 from edvit.config.site import parse_broker
-from edvit.mqtt import MqttClient, MqttError
+from edvit.mqtt import AuthError, IdentityError, MqttClient, MqttError, TlsError
+from edvit.tlscheck import tls_problem
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_RETRY, EXIT_CONFIG, EXIT_AUTH = 0, 1, 2, 3
+EXIT_OK, EXIT_RETRY, EXIT_CONFIG, EXIT_AUTH, EXIT_IDENTITY, EXIT_TLS = 0, 1, 2, 3, 4, 5
+FATAL_EXITS = (EXIT_CONFIG, EXIT_AUTH, EXIT_IDENTITY, EXIT_TLS)  # RestartPreventExitStatus=
+TLS_CHECK_AFTER = 3  # failed connects before the TLS handshake is examined
+
+
+class ServiceFailedError(Exception):
+    """The service ended by itself on something a restart may cure (exit 1)."""
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code for why a service could not start or ended (see the module doc)."""
+    codes = [(AuthError, EXIT_AUTH), (IdentityError, EXIT_IDENTITY), (TlsError, EXIT_TLS)]
+    codes.append((MqttError, EXIT_CONFIG))  # e.g. TLS files that cannot be read
+    return next((code for kind, code in codes if isinstance(exc, kind)), EXIT_RETRY)
 
 
 class StartCancelledError(Exception):
@@ -38,6 +54,8 @@ class StartError(Exception):
 
 
 class Service(Protocol):
+    error: Exception | None  # set when the service ends by itself; why
+
     def start(self, connect_timeout: float | None = None) -> None: ...
     def stop(self) -> None: ...
 
@@ -93,14 +111,22 @@ def stop_on_signals() -> threading.Event:
 
 def wait_for_broker(client: MqttClient, timeout: float | None, cancel: threading.Event) -> None:
     """Start the client and wait until the broker answers (paho keeps retrying); log while
-    waiting; StartCancelledError on a stop request, StartError after `timeout` seconds."""
+    waiting; StartCancelledError on a stop request, StartError after `timeout` seconds,
+    AuthError when the login keeps being refused, TlsError when the TLS handshake fails in
+    a way retrying will not fix."""
     client.start()
+    tls_checked = client.broker.tls is None
     waited = 0.0
     deadline = None if timeout is None else time.monotonic() + timeout
     while not client.wait_connected(1.0):
         if cancel.is_set():
             raise StartCancelledError
         waited += 1.0
+        if not tls_checked and client.connect_failures >= TLS_CHECK_AFTER:
+            tls_checked = True
+            problem = tls_problem(client.broker)
+            if problem is not None:
+                raise TlsError(problem.message)
         if deadline is not None and time.monotonic() >= deadline:
             raise StartError(
                 f"the broker at {client.address} did not answer within {timeout:g} s "
@@ -169,9 +195,12 @@ def serve(
     except (MqttError, StartError) as exc:
         app.stop()
         print(f"{name}: {exc}", file=sys.stderr)
-        return EXIT_RETRY
+        return exit_code(exc)
     while not stop.wait(1.0):
         pass
     log.info("stopping")
     app.stop()
+    if app.error is not None:
+        print(f"{name}: {app.error}", file=sys.stderr)
+        return exit_code(app.error)
     return EXIT_OK

@@ -1,15 +1,19 @@
 """MQTT topic names and status payloads: the one place every part spells them.
 
-    edvit/<site>/feat/<sub>             msgpack feature messages (edvit.wire), QoS 1
-    edvit/<site>/result                 JSON results of the aggregator
-    edvit/<site>/node/<node>/status     retained online / offline (LWT) / stopped
-    edvit/<site>/node/<node>/stats      JSON node stats
-    edvit/<site>/aggregator/status      retained online / offline (LWT) / stopped
-    edvit/<site>/aggregator/stats       JSON aggregator stats
-    edvit/<site>/frame/<camera>         relay mode: msgpack JPEG frames (edvit.wire)
+    edvit/<site>/node/<node>/feat/<sub>  msgpack feature messages (edvit.wire), QoS 1
+    edvit/<site>/node/<node>/status      retained online / offline (LWT) / stopped
+    edvit/<site>/node/<node>/stats       JSON node stats
+    edvit/<site>/node/<node>/session     retained token of the process logged in as the node
+    edvit/<site>/result                  JSON results of the aggregator
+    edvit/<site>/aggregator/status       retained online / offline (LWT) / stopped / no_data
+    edvit/<site>/aggregator/stats        JSON aggregator stats
+    edvit/<site>/aggregator/session      retained token of the aggregator process
+    edvit/<site>/frame/<camera>          relay mode: msgpack JPEG frames (edvit.wire)
 
-Ids become topic levels, so one with `/`, `+` or `#` would silently publish to (or subscribe
-to) other topics; every builder refuses such an id instead.
+Everything a node writes lies under its own `node/<node>/` (or its `frame/<node>`), so the
+broker's ACL can give each node's login exactly those topics, and the aggregator knows from
+the topic which node sent a feature. Ids become topic levels, so one with `/`, `+` or `#`
+would silently publish to (or subscribe to) other topics; every builder refuses such an id.
 """
 
 from __future__ import annotations
@@ -26,23 +30,28 @@ STOPPED: Final = "stopped"  # a clean exit, published by the client itself befor
 NO_DATA: Final = "no_data"  # the aggregator is up but no node has sent features for a while
 
 
-def feat(site: str, sub: str) -> str:
-    """Where the node running sub-model `sub` publishes its features."""
-    return f"{PREFIX}/{check_id(site, 'site')}/feat/{check_id(sub, 'sub-model id')}"
+def node_prefix(site: str, node: str) -> str:
+    """Everything node `node` publishes lies under this (its ACL grant)."""
+    return f"{PREFIX}/{check_id(site, 'site')}/node/{check_id(node, 'node id')}"
+
+
+def feat(site: str, node: str, sub: str) -> str:
+    """Where node `node` publishes the features of its sub-model `sub`."""
+    return f"{node_prefix(site, node)}/feat/{check_id(sub, 'sub-model id')}"
 
 
 def feat_wildcard(site: str) -> str:
-    """What the aggregator subscribes to: every sub-model's features of `site`."""
-    return f"{PREFIX}/{check_id(site, 'site')}/feat/+"
+    """What the aggregator subscribes to: every node's features of `site`."""
+    return f"{PREFIX}/{check_id(site, 'site')}/node/+/feat/+"
 
 
-def sub_of_feat_topic(site: str, topic: str) -> str | None:
-    """The sub-model id of a feature topic of `site`, or None if `topic` is not one."""
-    prefix = f"{PREFIX}/{site}/feat/"
-    if not topic.startswith(prefix):
+def parse_feat_topic(site: str, topic: str) -> tuple[str, str] | None:
+    """(node, sub-model) of a feature topic of `site`, or None if `topic` is not one."""
+    levels = topic.split("/")
+    if len(levels) != 6 or levels[:3] != [PREFIX, site, "node"] or levels[4] != "feat":
         return None
-    sub = topic[len(prefix) :]
-    return sub if sub and "/" not in sub else None
+    node, sub = levels[3], levels[5]
+    return (node, sub) if node and sub else None
 
 
 def result(site: str) -> str:
@@ -50,11 +59,15 @@ def result(site: str) -> str:
 
 
 def node_status(site: str, node: str) -> str:
-    return f"{PREFIX}/{check_id(site, 'site')}/node/{check_id(node, 'node id')}/status"
+    return f"{node_prefix(site, node)}/status"
 
 
 def node_stats(site: str, node: str) -> str:
-    return f"{PREFIX}/{check_id(site, 'site')}/node/{check_id(node, 'node id')}/stats"
+    return f"{node_prefix(site, node)}/stats"
+
+
+def node_session(site: str, node: str) -> str:
+    return f"{node_prefix(site, node)}/session"
 
 
 def aggregator_status(site: str) -> str:
@@ -63,6 +76,10 @@ def aggregator_status(site: str) -> str:
 
 def aggregator_stats(site: str) -> str:
     return f"{PREFIX}/{check_id(site, 'site')}/aggregator/stats"
+
+
+def aggregator_session(site: str) -> str:
+    return f"{PREFIX}/{check_id(site, 'site')}/aggregator/session"
 
 
 def frame(site: str, camera: str) -> str:

@@ -1,6 +1,6 @@
 """What travels over MQTT: feature messages, relay frames and results, and their validation.
 
-Feature message, msgpack map, version 1 (topic `edvit/<site>/feat/<sub>`):
+Feature message, msgpack map, version 1 (topic `edvit/<site>/node/<node>/feat/<sub>`):
 
     v      1                      site   site id            node   publishing node id
     sub    sub-model id           tick   k (capture at k·period on the wall clock)
@@ -39,6 +39,7 @@ Reason = Literal[
     "version",
     "site",
     "unknown_sub",
+    "wrong_node",
     "model_hash",
     "dtype",
     "shape",
@@ -51,6 +52,7 @@ FEATURE_KEYS: Final = frozenset(
     ("v", "site", "node", "sub", "tick", "ts", "seq", "model", "dtype", "shape", "feat")
 )
 FRAME_KEYS: Final = frozenset(("v", "tick", "ts", "jpeg"))
+MAX_FRAME_BYTES: Final = 8 << 20  # a relayed JPEG frame larger than this is refused unread
 _MAX_STR = 256  # ids and hashes are short; a long string is an attack or a bug
 _MAX_TICK = 2**62
 
@@ -216,12 +218,15 @@ def decode_features(
     max_future: int,
     max_bytes: int,
     topic_sub: str | None = None,
+    topic_node: str | None = None,
 ) -> FeatureMessage:
     """Validate and decode one feature message, or raise WireError with its reason.
 
     `expected` maps each sub-model id of the running bundle to (model hash, feature dim).
     The tick must lie within [now/period_s − max_past, now/period_s + max_future].
-    `topic_sub`, the sub-model id the topic names, must match the payload's when given.
+    `topic_sub` and `topic_node`, the sub-model and node the topic names, must match the
+    payload's when given (the broker vouches for the topic: only that node's login may
+    publish there).
     """
     data = _unpack(payload, max_bytes, FEATURE_KEYS)
     msg_site = _text(data, "site")
@@ -244,6 +249,8 @@ def decode_features(
         raise WireError("site", f"site {msg_site!r}, this is site {site!r}")
     if topic_sub is not None and topic_sub != sub:
         raise WireError("schema", f"topic names sub-model {topic_sub!r}, payload {sub!r}")
+    if topic_node is not None and topic_node != node:
+        raise WireError("wrong_node", f"published by node {topic_node!r}, payload says {node!r}")
     if sub not in expected:
         raise WireError("unknown_sub", f"sub-model {sub!r} is not in the bundle")
     want_hash, dim = expected[sub]

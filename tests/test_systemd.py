@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edvit.service import EXIT_AUTH, EXIT_CONFIG
+from edvit.service import FATAL_EXITS
 
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 BIN = Path(sys.executable).parent
@@ -83,7 +83,7 @@ def test_unit_runs_as_the_design_says(name: str) -> None:
     assert any(c.startswith("mqtt-password:") for c in s["LoadCredential"])
     # the password file is optional: its SetCredential= fallback reads as "no password"
     assert s["SetCredential"] == ["mqtt-password:\\n"]
-    assert set(s["RestartPreventExitStatus"][0].split()) == {str(EXIT_CONFIG), str(EXIT_AUTH)}
+    assert set(s["RestartPreventExitStatus"][0].split()) == {str(c) for c in FATAL_EXITS}
     after = " ".join(s["After"]).split()
     assert "network-online.target" in after
     # ticks are wall-clock times: wait for the first NTP sync, not just time-sync.target

@@ -71,6 +71,19 @@ class TlsConfig(StrictModel):
 class BrokerConfig(StrictModel):
     """The MQTT broker every part of the site connects to."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_shared_user(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "username" in data:
+            raise _invalid(
+                ("username",),
+                "removed: each process logs in as itself (nodes.<id>.mqtt_user, default the "
+                "node id; aggregator.mqtt_user, default 'aggregator'); `edvit site "
+                "credentials` makes their passwords",
+                data["username"],
+            )
+        return data
+
     host: str = Field(default="localhost", min_length=1, description="Broker host name or IP.")
     port: int = Field(default=1883, ge=1, le=65535, description="Broker port (8883 for TLS).")
     keepalive: int = Field(
@@ -81,8 +94,13 @@ class BrokerConfig(StrictModel):
         "publishes its `offline` will) after 1.5 times this.",
     )
     tls: TlsConfig | None = Field(default=None, description="TLS settings; null: plain TCP.")
-    username: str | None = Field(
-        default=None, min_length=1, description="MQTT user name; null: anonymous."
+    auth: Literal["password", "certificate", "none"] = Field(
+        default="password",
+        description="How each process proves who it is. password: it logs in as its own "
+        "user (nodes.<id>.mqtt_user, aggregator.mqtt_user) with the password from "
+        "password_env / password_credential (none found: the user name alone, as an "
+        "anonymous broker accepts); certificate: its TLS client certificate is its identity "
+        "(mosquitto use_identity_as_username); none: anonymous.",
     )
     password_env: str = Field(
         default=DEFAULT_PASSWORD_ENV,
@@ -192,6 +210,10 @@ class AggregatorConfig(StrictModel):
     )
     home_assistant: HomeAssistantConfig = Field(
         default_factory=HomeAssistantConfig, description="Home Assistant discovery."
+    )
+    mqtt_user: Id = Field(
+        default="aggregator",
+        description="The aggregator's broker login (and client id on a provisioned broker).",
     )
 
 
@@ -313,6 +335,11 @@ class NodeConfig(StrictModel):
     stats_interval_s: float = Field(
         default=10.0, gt=0, le=86400, description="Seconds between the node's stats messages."
     )
+    mqtt_user: Id | None = Field(
+        default=None,
+        description="The node's broker login; null: its node id. The broker lets a login "
+        "write only its own node's topics.",
+    )
 
     @field_validator("submodels")
     @classmethod
@@ -368,9 +395,42 @@ class SiteConfig(StrictModel):
     bundle: BundleConfig = Field(
         default_factory=BundleConfig, description="Which bundles the site accepts."
     )
+    readers: list[Id] = Field(
+        default_factory=list,
+        description="Read-only broker logins (Home Assistant, dashboards) that `edvit site "
+        "credentials` provisions: they read results, events, counts, statuses and stats.",
+    )
+
+    def login(self, node_id: str | None = None) -> str | None:
+        """The broker login of node `node_id` (None: the aggregator); None when anonymous."""
+        if self.broker.auth == "none":
+            return None
+        if node_id is None:
+            return self.aggregator.mqtt_user
+        return self.nodes[node_id].mqtt_user or node_id
+
+    def logins(self) -> dict[str, tuple[str | int, ...]]:
+        """Every login `edvit site credentials` provisions → the config key that names it."""
+        keys: list[tuple[tuple[str | int, ...], str]] = [
+            (("aggregator", "mqtt_user"), self.aggregator.mqtt_user)
+        ]
+        keys += [(("nodes", n, "mqtt_user"), node.mqtt_user or n) for n, node in self.nodes.items()]
+        keys += [(("readers", i), r) for i, r in enumerate(self.readers)]
+        seen: dict[str, tuple[str | int, ...]] = {}
+        for key, login in keys:
+            if login in seen:
+                raise _invalid(
+                    key,
+                    f"login {login!r} is already {'.'.join(map(str, seen[login]))}'s: every "
+                    "process and reader needs its own (one identity, one set of topics)",
+                    login,
+                )
+            seen[login] = key
+        return seen
 
     @model_validator(mode="after")
     def _consistent(self) -> SiteConfig:
+        self.logins()
         for node_id, node in self.nodes.items():
             if node.source.kind != "relay":
                 continue
@@ -480,8 +540,7 @@ def broker_password(
     A trailing newline (as `echo` writes) is stripped from a credential file; an empty one
     means no password (the units' `SetCredential=` default when the password file is
     absent). Raises ConfigError, naming the variable or file, when a source exists but is
-    unusable, or when a password is found without `broker.username` (MQTT sends no password
-    without a user).
+    unusable, or when a password is found while broker.auth is not `password`.
     """
     broker = cfg.broker if isinstance(cfg, SiteConfig) else cfg
     env = os.environ if environ is None else environ
@@ -505,9 +564,9 @@ def broker_password(
                 raise ConfigError(str(cred), ["not UTF-8 text"]) from None
             password = text.rstrip("\r\n") or None
             origin = str(cred)
-    if password is not None and broker.username is None:
+    if password is not None and broker.auth != "password":
         raise ConfigError(
-            origin, ["a broker password is given but broker.username is not set in the config"]
+            origin, [f"a broker password is given but broker.auth is {broker.auth!r}"]
         )
     return password
 
@@ -564,37 +623,65 @@ class SiteCheck:
     warnings: list[str] = field(default_factory=list)
 
 
-def check_site(cfg: SiteConfig, manifest: Manifest, local: Collection[str] = ()) -> SiteCheck:
-    """The whole site against its bundle: `site_problems`, every sub-model on exactly one
-    node (a second copy or a missing one leaves no tick complete), the sources of the nodes
-    in `local` on this host, and each node's measured inference time against the tick."""
-    check = SiteCheck(problems=site_problems(cfg, manifest))
+def submodel_runs(cfg: SiteConfig, manifest: Manifest) -> dict[str, list[str]]:
+    """Each sub-model of the bundle → the nodes that run it (a node whose own entry is
+    broken, as site_problems reports, still counts for the known sub-models it lists)."""
     runs: dict[str, list[str]] = {s.id: [] for s in manifest.submodels}
     for node_id, node in cfg.nodes.items():
-        if node_id in local:
-            check.problems.extend(_source_problems(node_id, node.source))
         try:
             subs = node_submodels(cfg, node_id, manifest)
-        except ConfigError:  # reported by site_problems; its known sub-models still count
-            for sub in node.submodels or []:
-                runs.get(sub, []).append(node_id)
-            continue
+        except ConfigError:
+            subs = [s for s in node.submodels or [] if s in runs]
         for sub in subs:
             runs[sub].append(node_id)
-        slow = _latency_warning(cfg, node_id, subs, manifest.metrics)
-        if slow:
-            check.warnings.append(slow)
+    return runs
+
+
+def _run_problems(runs: Mapping[str, list[str]]) -> list[str]:
+    """Every sub-model must run on exactly one node: a second copy or a missing one leaves
+    no tick complete (and the aggregator could not tell whose features to trust)."""
+    problems = []
     for sub, nodes in runs.items():
         if len(nodes) > 1:
-            check.problems.append(
+            problems.append(
                 f"nodes: sub-model {sub} runs on {len(nodes)} nodes ({', '.join(nodes)}); "
                 "each sub-model must run on exactly one node"
             )
         elif not nodes:
-            check.problems.append(
+            problems.append(
                 f"nodes: sub-model {sub} runs on no node; list it in one node's submodels "
                 "(without it no tick is complete)"
             )
+    return problems
+
+
+def feature_senders(cfg: SiteConfig, manifest: Manifest) -> dict[str, str]:
+    """Each sub-model → the one node whose features of it the aggregator accepts.
+
+    Raises ConfigError naming every problem when the site does not give exactly one node
+    per sub-model."""
+    runs = submodel_runs(cfg, manifest)
+    problems = site_problems(cfg, manifest) + _run_problems(runs)
+    if problems:
+        raise ConfigError("site config", problems)
+    return {sub: nodes[0] for sub, nodes in runs.items()}
+
+
+def check_site(cfg: SiteConfig, manifest: Manifest, local: Collection[str] = ()) -> SiteCheck:
+    """The whole site against its bundle: `site_problems`, every sub-model on exactly one
+    node, the sources of the nodes in `local` on this host, and each node's measured
+    inference time against the tick."""
+    check = SiteCheck(problems=site_problems(cfg, manifest))
+    for node_id in local:
+        if node_id in cfg.nodes:
+            check.problems.extend(_source_problems(node_id, cfg.nodes[node_id].source))
+    runs = submodel_runs(cfg, manifest)
+    check.problems.extend(_run_problems(runs))
+    for node_id in cfg.nodes:
+        subs = [sub for sub, nodes in runs.items() if node_id in nodes]
+        slow = _latency_warning(cfg, node_id, subs, manifest.metrics)
+        if slow:
+            check.warnings.append(slow)
     return check
 
 
