@@ -26,6 +26,7 @@ import yaml
 from broker import Mosquitto, Subscriber, free_port, mosquitto_binary
 from tiny import build_bundle, tiny_digits
 
+from edvit import topics
 from edvit.bundle import load_bundle
 from edvit.fusion import NumpyFusionMLP, softmax
 from edvit.preprocess import parse_preprocess, preprocess_batch
@@ -33,6 +34,7 @@ from edvit.wire import encode_features
 
 BIN = Path(sys.executable).parent
 SITE = "t1"
+NODE = "test-node"
 PERIOD = 0.01  # short, so that a test's hundred ticks span only a second of the clock
 DEADLINE = 1.0  # generous: the suite runs on 2 shared cores
 
@@ -115,9 +117,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
     )
 
 
-def site_config(path: Path, ha: bool = False, **aggregator: Any) -> Path:
+def site_config(path: Path, subs: list[str], ha: bool = False, **aggregator: Any) -> Path:
+    """The site: one node NODE running every sub-model (the aggregator trusts only it)."""
     cfg = {
         "site": SITE,
+        "nodes": {NODE: {"source": {"kind": "images", "folder": "."}, "submodels": subs}},
         "broker": {"host": "127.0.0.1", "port": 1, "keepalive": 10},
         "tick": {
             "period_s": PERIOD,
@@ -145,7 +149,7 @@ class Running:
         self, data: Data, broker: Mosquitto, workdir: Path, ha: bool = False, **aggregator: Any
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        self.config = site_config(workdir / "site.yaml", ha=ha, **aggregator)
+        self.config = site_config(workdir / "site.yaml", data.subs, ha=ha, **aggregator)
         self.stdout = workdir / "stdout.txt"
         self.stderr = workdir / "stderr.txt"
         with self.stdout.open("w") as out, self.stderr.open("w") as err:
@@ -217,9 +221,9 @@ def publish_sample(
 ) -> None:
     for sub in data.subs if subs is None else subs:
         payload = encode_features(
-            SITE, "test-node", sub, tick, time.time(), i, data.hashes[sub], data.feats[sub][i]
+            SITE, NODE, sub, tick, time.time(), i, data.hashes[sub], data.feats[sub][i]
         )
-        client.publish(f"edvit/{SITE}/feat/{sub}", payload)
+        client.publish(topics.feat(SITE, NODE, sub), payload)
 
 
 def results_for(sub: Subscriber, ticks: set[int], timeout: float = 20) -> dict[int, Any]:
@@ -359,7 +363,7 @@ def test_bad_messages_are_counted_and_valid_ticks_unaffected(
     def good(**changes: Any) -> bytes:
         raw = msgpack.unpackb(
             encode_features(
-                SITE, "evil", g0, tick, time.time(), 0, data.hashes[g0], data.feats[g0][0]
+                SITE, NODE, g0, tick, time.time(), 0, data.hashes[g0], data.feats[g0][0]
             )
         )
         raw.update(changes)
@@ -381,12 +385,16 @@ def test_bad_messages_are_counted_and_valid_ticks_unaffected(
         "unknown_sub": good(sub="g99"),
         "dtype": good(dtype="float32"),
         "tick_range": good(tick=tick + 100_000),
+        "wrong_node": good(),  # on another node's topic: that node does not run g0
+    }
+    targets = {
+        "unknown_sub": topics.feat(SITE, NODE, "g99"),
+        "wrong_node": topics.feat(SITE, "intruder", g0),
     }
     valid_ticks = {t: i for i, t in enumerate(valid, start=1)}
     publish_sample(sub, data, valid[0], 1)
     for reason, payload in bad.items():
-        target = f"edvit/{SITE}/feat/g99" if reason == "unknown_sub" else f"edvit/{SITE}/feat/{g0}"
-        _pub(broker, target, tmp_path, payload)
+        _pub(broker, targets.get(reason, topics.feat(SITE, NODE, g0)), tmp_path, payload)
         if reason == "model_hash":
             publish_sample(sub, data, valid[1], 2)  # a valid tick in the middle of the flood
     publish_sample(sub, data, valid[2], 3)
@@ -518,7 +526,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_validate_config(data: Data, tmp_path: Path) -> None:
-    config = site_config(tmp_path / "site.yaml")
+    config = site_config(tmp_path / "site.yaml", data.subs)
     ok = run_cli("run", "--bundle", str(data.bundle), "--config", str(config), "--validate-config")
     assert ok.returncode == 0, ok.stderr
     assert "every sha256 verified" in ok.stdout
@@ -537,7 +545,7 @@ def test_tampered_bundle_is_refused(data: Data, tmp_path: Path) -> None:
     raw = bytearray(fusion.read_bytes())
     raw[-1] ^= 0xFF
     fusion.write_bytes(bytes(raw))
-    config = site_config(tmp_path / "site.yaml")
+    config = site_config(tmp_path / "site.yaml", data.subs)
     for extra in ([], ["--validate-config"]):
         proc = run_cli("run", "--bundle", str(copy), "--config", str(config), *extra)
         assert proc.returncode == 2
@@ -546,7 +554,7 @@ def test_tampered_bundle_is_refused(data: Data, tmp_path: Path) -> None:
 
 
 def test_no_broker_gives_up_cleanly(data: Data, tmp_path: Path) -> None:
-    config = site_config(tmp_path / "site.yaml")
+    config = site_config(tmp_path / "site.yaml", data.subs)
     proc = run_cli(
         "run",
         "--bundle",

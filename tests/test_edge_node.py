@@ -211,7 +211,7 @@ def nodes() -> Iterator[list[Node]]:
 
 def topic(kind: str, node: str = "") -> str:
     return {
-        "feat": f"edvit/{SITE}/feat/+",
+        "feat": f"edvit/{SITE}/node/+/feat/+",
         "status": f"edvit/{SITE}/node/{node}/status",
         "stats": f"edvit/{SITE}/node/{node}/stats",
         "frame": f"edvit/{SITE}/frame/{node}",

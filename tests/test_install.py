@@ -124,7 +124,7 @@ def test_install_writes_the_files_units_and_modes(
     public: Path, bundle: Path, images: Path, tmp_path: Path
 ) -> None:
     root = public / "root-files"
-    site = write_site(tmp_path / "site.yaml", one_node(images), username="cam")
+    site = write_site(tmp_path / "site.yaml", one_node(images), auth="password")
     password = tmp_path / "pw"
     password.write_text("s3cret\n")
     out = install(root, site, bundle, "--password-file", password)
@@ -196,7 +196,7 @@ def test_the_installed_node_runs_as_another_user(
         [*node, "--validate-config"], capture_output=True, text=True, check=False, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-    sub = Subscriber(mosquitto, ["edvit/lab/feat/+"])
+    sub = Subscriber(mosquitto, ["edvit/lab/node/+/feat/+"])
     run = subprocess.Popen(node, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         got = sub.wait_for(lambda m: m.topic.endswith("/feat/g1"), timeout=60)
@@ -226,7 +226,7 @@ def test_uninstall_leaves_nothing(public: Path, bundle: Path, images: Path, tmp_
     (root / "etc/edvit").mkdir(parents=True)
     (root / "etc/edvit/mine.txt").write_text("not edvit's\n")  # a file install did not write
     before = files(root)
-    site = write_site(tmp_path / "site.yaml", one_node(images), username="cam")
+    site = write_site(tmp_path / "site.yaml", one_node(images), auth="password")
     password = tmp_path / "pw"
     password.write_text("pw\n")
     install(root, site, bundle, "--password-file", password)
@@ -280,7 +280,8 @@ def test_install_refuses_a_site_that_cannot_work(
     assert "nodes.cam.source.folder: a relative path" in err
     password = tmp_path / "pw"
     password.write_text("pw\n")
-    assert "broker.username is not set" in refused(site, "cam", "--password-file", str(password))
+    anonymous = write_site(tmp_path / "anon.yaml", one_node(images), auth="none")
+    assert "broker.auth is 'none'" in refused(anonymous, "cam", "--password-file", str(password))
 
 
 # --- edvit validate SITE BUNDLE: the broken sites of issue 11 ---------------------------------

@@ -10,7 +10,7 @@ import pytest
 from broker import Mosquitto, Subscriber, free_port
 
 from edvit.config.site import BrokerConfig
-from edvit.mqtt import Message, MqttClient, MqttError
+from edvit.mqtt import AuthError, IdentityError, Message, MqttClient, MqttError
 
 STATUS = "edvit/t/aggregator/status"
 
@@ -125,18 +125,62 @@ def test_password_from_environment_and_refusal(
     try:
         monkeypatch.setenv("EDVIT_MQTT_PASSWORD", "right")
         good = MqttClient(
-            broker_cfg(broker, username="edvit"), client_id="edvit-t-auth", status_topic=STATUS
+            broker_cfg(broker), client_id="edvit-t-auth", login="edvit", status_topic=STATUS
         )
         assert good.connect_and_wait(10)
         good.stop()
         monkeypatch.setenv("EDVIT_MQTT_PASSWORD", "wrong")
         bad = MqttClient(
-            broker_cfg(broker, username="edvit"), client_id="edvit-t-bad", status_topic=STATUS
+            broker_cfg(broker), client_id="edvit-t-bad", login="edvit", status_topic=STATUS
         )
         start = time.monotonic()
-        with pytest.raises(MqttError, match="refused the connection: Not authorized"):
-            bad.connect_and_wait(10)
-        assert time.monotonic() - start < 5  # fails fast, does not retry for ever
+        with pytest.raises(AuthError, match="refused the login 'edvit' 3 times: Not authorized"):
+            bad.connect_and_wait(20)
+        assert time.monotonic() - start < 10  # a bounded retry, not for ever
         bad.stop()
     finally:
         broker.kill()
+
+
+def test_two_processes_with_one_identity_both_give_up(mosquitto: Mosquitto) -> None:
+    """Same login, same client id: each connect takes the other's session over; both see the
+    other's session token and end with IdentityError instead of a silent reconnect loop."""
+    cfg = broker_cfg(mosquitto)
+    failed: dict[str, MqttError] = {}
+    clients = [
+        MqttClient(
+            cfg,
+            client_id="edvit-t-twin",
+            login="twin",
+            status_topic=STATUS,
+            session_topic="edvit/t/node/twin/session",
+            on_fatal=lambda exc, name=name: failed.setdefault(name, exc),
+        )
+        for name in ("first", "second")
+    ]
+    assert clients[0].connect_and_wait(10)
+    clients[1].start()
+    deadline = time.monotonic() + 30
+    while len(failed) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for client in clients:
+        client.stop()
+    assert set(failed) == {"first", "second"}
+    for exc in failed.values():
+        assert isinstance(exc, IdentityError)
+        assert "another process uses the login 'twin'" in str(exc)
+
+
+def test_one_process_restarting_is_no_identity_clash(mosquitto: Mosquitto) -> None:
+    """A clean stop clears the session token: the next process of the same identity starts
+    without a warning, and a single stale token (a crash) is tolerated."""
+    cfg = broker_cfg(mosquitto)
+    topic = "edvit/t/node/solo/session"
+    for _ in range(3):
+        client = MqttClient(
+            cfg, client_id="edvit-t-solo", login="solo", status_topic=STATUS, session_topic=topic
+        )
+        assert client.connect_and_wait(10)
+        time.sleep(0.3)
+        assert client.wait_connected(0.1)  # no IdentityError raised
+        client.stop()

@@ -28,7 +28,7 @@ EXAMPLE = REPO / "config" / "site.example.yaml"
 
 GOOD = """\
 site: lab
-broker: {host: mqtt.lan, port: 1883, username: edvit}
+broker: {host: mqtt.lan, port: 1883, auth: password}
 tick: {period_s: 0.5, deadline_s: 0.4}
 nodes:
   cam-1:
@@ -86,8 +86,20 @@ def test_good_config(tmp_path: Path) -> None:
     ("edit", "expected"),
     [
         (
-            lambda s: s.replace("username: edvit}", "username: edvit, password: hunter2}"),
+            lambda s: s.replace("auth: password}", "auth: password, password: hunter2}"),
             "broker.password: unknown key (line 2)",
+        ),
+        (
+            lambda s: s.replace("auth: password}", "username: edvit}"),
+            "broker.username: removed: each process logs in as itself",
+        ),
+        (
+            lambda s: s + "readers: [homeassistant, cam-1]\n",
+            "readers[1]: login 'cam-1' is already nodes.cam-1.mqtt_user's",
+        ),
+        (
+            lambda s: s.replace("    submodels: [g1]\n", "    submodels: [g1]\n    mqtt_user: aggregator\n"),
+            "nodes.pi-2.mqtt_user: login 'aggregator' is already aggregator.mqtt_user's",
         ),
         (
             lambda s: s.replace("    publish_frames: true\n", ""),
@@ -135,7 +147,7 @@ def test_good_config(tmp_path: Path) -> None:
             "passed; it must be at least 4 (line 3)",
         ),
         (
-            lambda s: s.replace("username: edvit}", "tls: {cert_file: c.pem}}"),
+            lambda s: s.replace("auth: password}", "tls: {cert_file: c.pem}}"),
             "broker.tls.key_file: cert_file and key_file go together",
         ),
         (
@@ -155,9 +167,9 @@ def test_errors_name_the_key(tmp_path: Path, edit: Any, expected: str) -> None:
 
 
 def test_password_from_the_environment() -> None:
-    broker = BrokerConfig(username="edvit")
+    broker = BrokerConfig()
     assert broker_password(broker, {"EDVIT_MQTT_PASSWORD": "s3cret"}) == "s3cret"
-    other = BrokerConfig(username="edvit", password_env="SITE_PW")
+    other = BrokerConfig(password_env="SITE_PW")
     assert broker_password(other, {"SITE_PW": "x", "EDVIT_MQTT_PASSWORD": "y"}) == "x"
     assert broker_password(broker, {}) is None
     site = SiteConfig(site="lab", broker=broker)
@@ -166,7 +178,7 @@ def test_password_from_the_environment() -> None:
 
 def test_password_from_a_systemd_credential(tmp_path: Path) -> None:
     (tmp_path / "mqtt-password").write_text("from-file\n")
-    broker = BrokerConfig(username="edvit")
+    broker = BrokerConfig()
     env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
     assert broker_password(broker, env) == "from-file"
     # the environment variable wins
@@ -174,16 +186,16 @@ def test_password_from_a_systemd_credential(tmp_path: Path) -> None:
     # a credential directory without our credential: no password
     assert broker_password(BrokerConfig(password_credential="other"), env) is None
     # the units' SetCredential= fallback (a lone newline) when the password file is absent:
-    # no password, so an anonymous site starts without one (not even broker.username is needed)
+    # no password, so a site on an anonymous broker starts without one
     (tmp_path / "mqtt-password").write_text("\n")
     assert broker_password(BrokerConfig(), env) is None
 
 
 def test_password_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\$EDVIT_MQTT_PASSWORD: is set but empty"):
-        broker_password(BrokerConfig(username="u"), {"EDVIT_MQTT_PASSWORD": ""})
-    with pytest.raises(ConfigError, match=r"broker\.username is not set"):
-        broker_password(BrokerConfig(), {"EDVIT_MQTT_PASSWORD": "pw"})
+        broker_password(BrokerConfig(), {"EDVIT_MQTT_PASSWORD": ""})
+    with pytest.raises(ConfigError, match=r"broker\.auth is 'none'"):
+        broker_password(BrokerConfig(auth="none"), {"EDVIT_MQTT_PASSWORD": "pw"})
 
 
 # --- --broker ---------------------------------------------------------------------------------
@@ -212,7 +224,7 @@ def test_with_broker_overrides_host_and_port(tmp_path: Path) -> None:
     cfg = load_site_config(write(tmp_path, GOOD))
     moved = with_broker(cfg, "10.0.0.2:1999")
     assert (moved.broker.host, moved.broker.port) == ("10.0.0.2", 1999)
-    assert moved.broker.username == "edvit"
+    assert moved.broker.auth == "password"
     assert with_broker(cfg, "other").broker.port == 1883
     assert with_broker(cfg, None) is cfg
 

@@ -157,6 +157,7 @@ CASES: list[tuple[str, bytes, dict[str, Any]]] = [
     ("schema", pack(message(feat="not bytes")), {}),
     ("schema", pack(message(shape="8")), {}),
     ("schema", pack(message()), {"topic_sub": "g1"}),
+    ("wrong_node", pack(message()), {"topic_node": "someone-else"}),
     ("version", pack(message(v=2)), {}),
     ("site", pack(message(site="other")), {}),
     ("unknown_sub", pack(message(sub="g9")), {}),
@@ -304,23 +305,30 @@ def test_result_json() -> None:
 
 
 def test_topics() -> None:
-    assert topics.feat("home", "g0") == "edvit/home/feat/g0"
-    assert topics.feat_wildcard("home") == "edvit/home/feat/+"
+    assert topics.feat("home", "cam-1", "g0") == "edvit/home/node/cam-1/feat/g0"
+    assert topics.feat_wildcard("home") == "edvit/home/node/+/feat/+"
     assert topics.result("home") == "edvit/home/result"
     assert topics.node_status("home", "cam-1") == "edvit/home/node/cam-1/status"
     assert topics.node_stats("home", "cam-1") == "edvit/home/node/cam-1/stats"
     assert topics.aggregator_status("home") == "edvit/home/aggregator/status"
     assert topics.aggregator_stats("home") == "edvit/home/aggregator/stats"
     assert topics.frame("home", "cam-1") == "edvit/home/frame/cam-1"
-    assert topics.sub_of_feat_topic("home", "edvit/home/feat/g3") == "g3"
-    assert topics.sub_of_feat_topic("home", "edvit/other/feat/g3") is None
-    assert topics.sub_of_feat_topic("home", "edvit/home/feat/g3/x") is None
+    assert topics.node_session("home", "cam-1") == "edvit/home/node/cam-1/session"
+    assert topics.aggregator_session("home") == "edvit/home/aggregator/session"
+    parse = topics.parse_feat_topic
+    assert parse("home", "edvit/home/node/cam-1/feat/g3") == ("cam-1", "g3")
+    assert parse("home", "edvit/other/node/cam-1/feat/g3") is None
+    assert parse("home", "edvit/home/node/cam-1/feat/g3/x") is None
+    assert parse("home", "edvit/home/node/cam-1/stats") is None
+    assert parse("home", "edvit/home/node//feat/g3") is None
     assert (topics.ONLINE, topics.OFFLINE, topics.STOPPED) == ("online", "offline", "stopped")
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "a+", "#", "x\x00", " x", "x" * 65])
 def test_topic_levels_are_checked(bad: str) -> None:
     with pytest.raises(IdError):
-        topics.feat("home", bad)
+        topics.feat("home", "cam-1", bad)
+    with pytest.raises(IdError):
+        topics.feat("home", bad, "g0")
     with pytest.raises(IdError):
         topics.result(bad)

@@ -34,6 +34,11 @@ _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _CREDENTIAL_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 
 
+def _key_path(loc: tuple[str | int, ...]) -> str:
+    """`nodes.cam-1.mqtt_user`, `readers[1]`: a key path as the loader's messages print it."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
 def _invalid(loc: tuple[str | int, ...], message: str, value: Any) -> ValidationError:
     """A validation error at `loc` (relative to the model validating), so the loader's
     message names the exact key and line instead of the section that checked it."""
@@ -421,7 +426,7 @@ class SiteConfig(StrictModel):
             if login in seen:
                 raise _invalid(
                     key,
-                    f"login {login!r} is already {'.'.join(map(str, seen[login]))}'s: every "
+                    f"login {login!r} is already {_key_path(seen[login])}'s: every "
                     "process and reader needs its own (one identity, one set of topics)",
                     login,
                 )

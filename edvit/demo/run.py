@@ -195,7 +195,7 @@ def _handle(msg: Message, site: str, tally: Tally, expected: int, out: TextIO) -
         online = sum(v == topics.ONLINE for v in tally.status.values())
         if tally.ready_at is None and online == expected:
             tally.ready_at = time.time()
-    elif len(parts) == 5 and parts[2] == "node":
+    elif parts[-1] == "stats" and parts[2] == "node":
         tally.node_stats[parts[3]] = json.loads(msg.payload)
 
 
@@ -229,7 +229,8 @@ def run_demo(
             status_topic=f"{topics.PREFIX}/demo/viewer/status",
             subscriptions=[
                 (topics.result("demo"), 1),
-                (f"{topics.PREFIX}/demo/node/+/+", 1),
+                (f"{topics.PREFIX}/demo/node/+/status", 1),
+                (f"{topics.PREFIX}/demo/node/+/stats", 1),
                 (topics.aggregator_status("demo"), 1),
             ],
             inbox=inbox,
