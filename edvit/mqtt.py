@@ -134,7 +134,7 @@ class MqttClient:
         self.session_topic = session_topic
         self._token = secrets.token_hex(8).encode()
         self._takeovers: list[float] = []
-        self.connect_failures = 0  # connects that failed before the broker answered (TCP, TLS)
+        self.connect_failures = 0  # connects that failed before CONNACK (TCP, TLS)
         self.last_error: str | None = None
         self.dropped = 0  # messages lost because the inbox was full
 
@@ -295,6 +295,8 @@ class MqttClient:
     ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
+        if not was:  # dropped before CONNACK: e.g. TLS 1.3 refusing a missing client cert
+            self.connect_failures += 1
         if was and not self._stopped:
             self.last_error = f"disconnected: {reason_code}"
             log.warning("MQTT %s: disconnected (%s); reconnecting", self.address, reason_code)

@@ -98,7 +98,9 @@ def test_good_config(tmp_path: Path) -> None:
             "readers[1]: login 'cam-1' is already nodes.cam-1.mqtt_user's",
         ),
         (
-            lambda s: s.replace("    submodels: [g1]\n", "    submodels: [g1]\n    mqtt_user: aggregator\n"),
+            lambda s: s.replace(
+                "    submodels: [g1]\n", "    submodels: [g1]\n    mqtt_user: aggregator\n"
+            ),
             "nodes.pi-2.mqtt_user: login 'aggregator' is already aggregator.mqtt_user's",
         ),
         (

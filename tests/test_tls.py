@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,8 @@ import pytest
 from broker import Mosquitto, mosquitto_binary
 
 from edvit.config.site import BrokerConfig, TlsConfig
+from edvit.mqtt import MqttClient
+from edvit.service import EXIT_OK, EXIT_TLS, serve, wait_for_broker
 from edvit.tlscheck import tls_problem
 
 pytestmark = pytest.mark.skipif(
@@ -166,3 +170,37 @@ def test_a_broker_that_is_down_is_no_tls_problem(pki: Path, tmp_path: Path) -> N
     broker = Mosquitto(tmp_path / "never-started")  # a free port nobody listens on
     assert tls_problem(_config(broker, pki / "ca.crt")) is None
     assert tls_problem(BrokerConfig(host=broker.host, port=broker.port)) is None  # no TLS
+
+
+class _Client:
+    """The smallest service: connect with `broker` (what nodes and the aggregator do first)."""
+
+    def __init__(self, broker: BrokerConfig) -> None:
+        self.client = MqttClient(broker, client_id="edvit-t-tls", status_topic="edvit/t/x/status")
+        self.error: Exception | None = None
+
+    def start(self, connect_timeout: float | None = None) -> None:
+        wait_for_broker(self.client, connect_timeout, threading.Event())
+
+    def stop(self) -> None:
+        self.client.stop()
+
+
+def _serve(broker: BrokerConfig) -> int:
+    stop = threading.Event()
+    stop.set()  # a service that starts returns at once
+    return serve(_Client(broker), "t", stop, 30.0, ())
+
+
+def test_tls_failures_end_the_service_with_exit_5(
+    brokers: dict[str, Mosquitto], pki: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a few failed connects the handshake is examined: a failure retrying cannot fix
+    ends the service with EXIT_TLS and its message (systemd does not restart it)."""
+    assert _serve(_config(brokers["tls"], pki / "ca.crt")) == EXIT_OK
+    start = time.monotonic()
+    assert _serve(_config(brokers["tls"], pki / "other.crt")) == EXIT_TLS
+    assert time.monotonic() - start < 20
+    assert "certificate verify failed" in capsys.readouterr().err
+    assert _serve(_config(brokers["mutual"], pki / "ca.crt")) == EXIT_TLS
+    assert "cert_file" in capsys.readouterr().err
