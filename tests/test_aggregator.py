@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -569,3 +570,58 @@ def test_no_broker_gives_up_cleanly(data: Data, tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "did not answer within 1 s" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+@pytest.mark.slow
+def test_an_unpaced_flood_costs_no_valid_tick(
+    data: Data, agg: tuple[Running, Subscriber], broker: Mosquitto
+) -> None:
+    """20,000 messages as fast as a client can send them — on another node's feature topic
+    (the only one a provisioned broker lets that node's login write) and on topics of no
+    sub-model — while the genuine node sends a valid stream: every valid tick is complete
+    and correct, every flood message is counted dropped, and memory stays bounded."""
+    run, sub = agg
+    before = stats_where(sub, lambda s: True)
+    rss_before = _rss_kib(run.proc.pid)
+    g0 = data.subs[0]
+    junk = encode_features(
+        SITE, "intruder", g0, fresh_tick(), time.time(), 0, data.hashes[g0], data.feats[g0][0]
+    )
+    flood_topics = [topics.feat(SITE, "intruder", g0), topics.feat(SITE, "intruder", "g99")]
+    flooder = Subscriber(broker, [])
+    ticks = fresh_ticks(20, lead=100)
+    sent = 0
+
+    def flood() -> None:
+        nonlocal sent
+        for i in range(20_000):
+            flooder._client.publish(flood_topics[i % 2], junk, qos=0)
+            sent += 1
+
+    thread = threading.Thread(target=flood)
+    thread.start()
+    for i, tick in enumerate(ticks):  # interleaved with the flood
+        publish_sample(sub, data, tick, i)
+    thread.join(60)
+    got = results_for(sub, set(ticks), timeout=60)
+    for i, tick in enumerate(ticks):
+        check_result(data, got[tick], i)
+
+    def flood_drops(s: dict[str, Any]) -> int:
+        return sum(s["dropped"][r] - before["dropped"][r] for r in ("wrong_node", "unknown_sub"))
+
+    def counted(s: dict[str, Any]) -> bool:  # every message that arrived is valid or counted
+        arrived = s["received"] - before["received"]
+        return arrived == flood_drops(s) + len(ticks) * len(data.subs) and arrived > 0.9 * sent
+
+    after = stats_where(sub, counted, timeout=60)  # QoS 0: the broker may shed a few itself
+    assert after["dropped"]["queue_full"] == before["dropped"]["queue_full"]
+    assert _rss_kib(run.proc.pid) - rss_before < 50_000  # < 50 MB for 20,000 messages
+    flooder.close()
