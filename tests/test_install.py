@@ -319,8 +319,8 @@ def test_validate_checks_the_site_against_the_bundle(
     err = broken("missing.yaml", missing)
     assert f"nodes.cam.source.folder: {tmp_path / 'no-such-folder'}: no such folder" in err
     slow = write_site(tmp_path / "slow.yaml", one_node(images))
-    slow.write_text(slow.read_text().replace("period_s: 0.2", "period_s: 0.0001"))
-    slow.write_text(slow.read_text().replace("deadline_s: 0.15", "deadline_s: 0.0001"))
+    slow.write_text(slow.read_text().replace("period_s: 0.2", "period_s: 0.000001"))
+    slow.write_text(slow.read_text().replace("deadline_s: 0.15", "deadline_s: 0.000001"))
     proc = edvit("validate", slow, bundle)
     assert "warning: nodes.cam: its sub-models g0, g1, g2 took" in proc.stderr
     # the second key silently won: the node then reported another site
