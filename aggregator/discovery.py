@@ -136,7 +136,7 @@ def discovery_messages(cfg: SiteConfig) -> Discovery:
         )
     out: Discovery = []
     for component, object_id, fields in entities:
-        topic = f"{ha.discovery_prefix}/{component}/{object_id}/config"
+        topic = f"{ha.discovery_prefix}/{component}/{topics.ha_node_id(site)}/{object_id}/config"
         payload = {
             **fields,
             "device": device,

@@ -18,7 +18,6 @@ from edvit.config.recipe import Recipe
 from edvit.config.site import SiteConfig, check_site, load_site_config
 from edvit.install import (
     CHECKOUT,
-    PASSWORD,
     VENV,
     InstallError,
     InstallOptions,
@@ -26,8 +25,10 @@ from edvit.install import (
     install,
     uninstall,
 )
+from edvit.provision import CONF_DIR, ProvisionError, grants, write_site_credentials
 from edvit.service import run_cli
 from edvit.signing import check_site_signature, describe_signature
+from edvit.site_ca import write_site_ca
 
 # kind → (the top-level key that marks a YAML file as that kind, its model)
 CONFIG_KINDS: dict[str, tuple[str, type[BaseModel]]] = {
@@ -158,6 +159,30 @@ def _service_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentP
     return [node, aggregator]
 
 
+def _cmd_site_credentials(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    try:
+        cfg = load_site_config(args.site)
+        write_site_credentials(
+            cfg, out, conf_dir=PurePosixPath(args.conf_dir), bind=args.bind, tls=args.ca
+        )
+        if args.ca:
+            write_site_ca(cfg, out / "tls", list(grants(cfg)))
+    except (ConfigError, ProvisionError) as exc:
+        print(f"edvit site credentials: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"edvit site credentials: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    print(
+        f"next: copy {out / 'mosquitto'}/edvit.conf to /etc/mosquitto/conf.d/ and its passwd "
+        f"and acl{' and tls/' if args.ca else ''} to {args.conf_dir}/ on the broker host, "
+        f"restart mosquitto; on each host `edvit install … --password-file "
+        f"{out / 'credentials'}/<node-ID | aggregator>` (README: Site set-up)"
+    )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from edvit.demo.run import DemoError, DemoOptions, default_workdir, run_demo
     from edvit.demo.tally import print_table
@@ -204,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         role.add_argument("--bundle", required=True, help="the bundle directory")
         role.add_argument(
             "--password-file",
-            help=f"the broker password, installed as {PASSWORD} (0600); omit for an "
+            help="the broker password (from `edvit site credentials`), installed as "
+            "/etc/edvit/credentials/node-ID or …/aggregator (0600); omit for an "
             "anonymous broker or to keep the installed one",
         )
         role.add_argument(
@@ -224,6 +250,29 @@ def build_parser() -> argparse.ArgumentParser:
     uninst.set_defaults(func=_cmd_uninstall)
     for role in _service_parsers(uninst):
         role.add_argument("--purge", action="store_true", help="remove the venv too")
+
+    site = sub.add_parser("site", help="site-wide set-up").add_subparsers(
+        dest="site_command", required=True
+    )
+    creds = site.add_parser(
+        "credentials",
+        help="a password per node, aggregator and reader, and the broker's passwd, ACL and "
+        "config (each login may write only its own topics)",
+    )
+    creds.add_argument("site", help="the site config (YAML)")
+    creds.add_argument("--out", required=True, help="directory to write into (kept passwords)")
+    creds.add_argument(
+        "--conf-dir",
+        default=str(CONF_DIR),
+        help="where the broker host keeps passwd, acl and tls/ (default: %(default)s)",
+    )
+    creds.add_argument("--bind", help="the address the listener binds (default: all)")
+    creds.add_argument(
+        "--ca",
+        action="store_true",
+        help="also a site CA, the broker's certificate and client certificates (mutual TLS)",
+    )
+    creds.set_defaults(func=_cmd_site_credentials)
 
     demo = sub.add_parser("demo", help="the whole site on this machine, with live results")
     demo.add_argument("--bundle", default="bundles/digits-demo", help="bundle (built if missing)")

@@ -8,14 +8,16 @@ staging root that a test or an image builder inspects):
     /opt/edvit/venv                    the venv with `edvit[node]` or `edvit[aggregator]`
     /etc/systemd/system/UNIT           the unit, ExecStart pointing at the venv
     /etc/edvit/site.yaml               the site config, 0644
-    /etc/edvit/mqtt-password           the broker password when given, 0600 (root only;
-                                       systemd hands it to the service as a credential)
+    /etc/edvit/credentials/NAME        the service's broker password when given, 0600 (root
+                                       only; systemd hands it to the service as a credential;
+                                       NAME: node-<id> or aggregator, as `edvit site
+                                       credentials` names it)
     /var/lib/edvit/bundle/             the bundle's manifest and the files it lists, 0644/0755
     /var/lib/edvit/installed.json      what is installed, so uninstall knows what is shared
 
 and runs `systemctl daemon-reload` and `systemctl enable UNIT` (printed instead with a
 staging root: there is no systemd to tell). A node and the aggregator may share a host:
-the config, bundle and password stay until the last of them is uninstalled.
+the config and bundle stay until the last of them is uninstalled; each has its own password.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from edvit.config.site import SiteConfig, check_site, load_site_config
 VENV = PurePosixPath("/opt/edvit/venv")
 ETC = PurePosixPath("/etc/edvit")
 SITE = ETC / "site.yaml"
-PASSWORD = ETC / "mqtt-password"  # the path the units' LoadCredential= names
+CREDENTIALS = ETC / "credentials"  # the units' LoadCredential= files, one per service
 STATE = PurePosixPath("/var/lib/edvit")
 BUNDLE = STATE / "bundle"
 INSTALLED = STATE / "installed.json"
@@ -69,6 +71,12 @@ class Service:
     def unit_file(self) -> str:
         """The file in /etc/systemd/system (the template, for a node)."""
         return "edvit-node@.service" if self.role == "node" else "edvit-aggregator.service"
+
+    @property
+    def password(self) -> PurePosixPath:
+        """Its broker password file, as its unit's LoadCredential= names it."""
+        name = "aggregator" if self.node_id is None else f"node-{self.node_id}"
+        return CREDENTIALS / name
 
     @property
     def unit(self) -> str:
@@ -271,8 +279,9 @@ def install(opts: InstallOptions, say: Say = print) -> None:
     _write(_at(root, SITE), opts.config, FILE_MODE)
     say(f"site config → {SITE}")
     if secret is not None:
-        _write(_at(root, PASSWORD), secret, SECRET_MODE)
-        say(f"broker password → {PASSWORD} (0600, root only)")
+        _mkdirs(root, CREDENTIALS)
+        _write(_at(root, opts.service.password), secret, SECRET_MODE)
+        say(f"broker password → {opts.service.password} (0600, root only)")
     _copy_bundle(bundle, root, say)
     service = opts.service
     _write(_at(root, UNIT_DIR / service.unit_file), _unit_text(opts), FILE_MODE)
@@ -292,8 +301,8 @@ def install(opts: InstallOptions, say: Say = print) -> None:
 def uninstall(
     service: Service, root: Path = Path("/"), purge: bool = False, say: Say = print
 ) -> None:
-    """Disable the unit and remove what install wrote for it; the shared config, bundle
-    and password go with the last service of the host, the venv only with `purge`."""
+    """Disable the unit and remove what install wrote for it (its password too); the shared
+    config and bundle go with the last service of the host, the venv only with `purge`."""
     if not _is_staging(root) and os.geteuid() != 0:
         raise InstallError("edvit uninstall removes files in /etc and /opt: run it as root (sudo)")
     state = _load_state(root)
@@ -304,14 +313,14 @@ def uninstall(
         )
     _systemctl(root, ["disable", "--now", service.unit], say)
     venv = state.pop(service.key)["venv"]
+    _at(root, service.password).unlink(missing_ok=True)
     if not any(s["unit_file"] == service.unit_file for s in state.values()):
         _at(root, UNIT_DIR / service.unit_file).unlink(missing_ok=True)
     _save_state(root, state)
     if not state:
         shutil.rmtree(_at(root, BUNDLE), ignore_errors=True)
-        for path in (SITE, PASSWORD):
-            _at(root, path).unlink(missing_ok=True)
-        for folder in (ETC, STATE):
+        _at(root, SITE).unlink(missing_ok=True)
+        for folder in (CREDENTIALS, ETC, STATE):
             _remove_if_empty(_at(root, folder))
         if purge and venv:
             shutil.rmtree(_at(root, PurePosixPath(venv)), ignore_errors=True)

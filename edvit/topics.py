@@ -9,6 +9,7 @@
     edvit/<site>/aggregator/stats        JSON aggregator stats
     edvit/<site>/aggregator/session      retained token of the aggregator process
     edvit/<site>/frame/<camera>          relay mode: msgpack JPEG frames (edvit.wire)
+    <ha prefix>/<component>/edvit_<site>/<object_id>/config   Home Assistant discovery
 
 Everything a node writes lies under its own `node/<node>/` (or its `frame/<node>`), so the
 broker's ACL can give each node's login exactly those topics, and the aggregator knows from
@@ -85,6 +86,12 @@ def aggregator_session(site: str) -> str:
 def frame(site: str, camera: str) -> str:
     """Relay mode: where camera node `camera` publishes JPEG frames for compute-only nodes."""
     return f"{PREFIX}/{check_id(site, 'site')}/frame/{check_id(camera, 'camera node id')}"
+
+
+def ha_node_id(site: str) -> str:
+    """The site's level in Home Assistant discovery topics (its `node_id`, which allows no
+    `.`): the aggregator's ACL grant is every config under it and nothing else."""
+    return f"{PREFIX}_{check_id(site, 'site')}".replace(".", "_")
 
 
 def client_id(site: str, role: str) -> str:

@@ -418,7 +418,9 @@ def test_status_and_home_assistant_discovery(
     fresh = Subscriber(broker, [topic("status"), "homeassistant/#"])
     status = fresh.wait_for(lambda m: m.topic == topic("status"))
     assert (status.payload, status.retain) == (b"online", True)
-    ha = fresh.wait_for(lambda m: m.topic == f"homeassistant/sensor/{SITE}_edvit/config")
+    ha = fresh.wait_for(
+        lambda m: m.topic == f"homeassistant/sensor/edvit_{SITE}/{SITE}_edvit/config"
+    )
     assert ha.retain
     cfg = json.loads(ha.payload)
     assert cfg["state_topic"] == topic("result")
@@ -432,7 +434,7 @@ def test_status_and_home_assistant_discovery(
 def test_disabled_discovery_removes_the_entities(
     data: Data, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    label = f"homeassistant/sensor/{SITE}_edvit/config"
+    label = f"homeassistant/sensor/edvit_{SITE}/{SITE}_edvit/config"
     sub = Subscriber(mosquitto, [topic("result"), topic("status"), label])
     sub.publish(label, b'{"state_topic": "stale"}', retain=True)  # left by an earlier run
     run = Running(data, mosquitto, tmp_path / "agg", ha=False)

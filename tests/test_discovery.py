@@ -71,8 +71,8 @@ def test_every_field_is_documented(messages: list[tuple[str, dict[str, Any]]]) -
         for avail in payload.get("availability", []):
             assert set(avail) <= AVAILABILITY
             assert "topic" in avail
-        object_id = topic.split("/")[2]
-        assert topic == f"homeassistant/{component}/{object_id}/config"
+        object_id = topic.split("/")[3]
+        assert topic == f"homeassistant/{component}/edvit_home/{object_id}/config"
         assert payload["unique_id"] == object_id
         assert payload["default_entity_id"] == f"{component}.{object_id}"
         assert "object_id" not in payload
@@ -81,17 +81,17 @@ def test_every_field_is_documented(messages: list[tuple[str, dict[str, Any]]]) -
 def test_entities_of_a_site(messages: list[tuple[str, dict[str, Any]]]) -> None:
     by_topic = dict(messages)
     assert sorted(by_topic) == [
-        "homeassistant/binary_sensor/home_edvit_node_cam_1/config",
-        "homeassistant/binary_sensor/home_edvit_node_pi_2/config",
-        "homeassistant/sensor/home_edvit/config",
-        "homeassistant/sensor/home_edvit_dropped/config",
-        "homeassistant/sensor/home_edvit_latency_p99/config",
+        "homeassistant/binary_sensor/edvit_home/home_edvit_node_cam_1/config",
+        "homeassistant/binary_sensor/edvit_home/home_edvit_node_pi_2/config",
+        "homeassistant/sensor/edvit_home/home_edvit/config",
+        "homeassistant/sensor/edvit_home/home_edvit_dropped/config",
+        "homeassistant/sensor/edvit_home/home_edvit_latency_p99/config",
     ]
-    node = by_topic["homeassistant/binary_sensor/home_edvit_node_cam_1/config"]
+    node = by_topic["homeassistant/binary_sensor/edvit_home/home_edvit_node_cam_1/config"]
     assert node["state_topic"] == "edvit/home/node/cam-1/status"
     assert (node["payload_on"], node["payload_off"]) == ("online", "offline")
     assert node["device_class"] == "connectivity"
-    latency = by_topic["homeassistant/sensor/home_edvit_latency_p99/config"]
+    latency = by_topic["homeassistant/sensor/edvit_home/home_edvit_latency_p99/config"]
     assert latency["state_topic"] == "edvit/home/aggregator/stats"
     assert latency["entity_category"] == "diagnostic"
     assert latency["unit_of_measurement"] == "ms"
@@ -100,7 +100,7 @@ def test_entities_of_a_site(messages: list[tuple[str, dict[str, Any]]]) -> None:
 def test_label_sensor_does_not_flood_the_recorder(
     messages: list[tuple[str, dict[str, Any]]], tmp_path: Path
 ) -> None:
-    label = dict(messages)["homeassistant/sensor/home_edvit/config"]
+    label = dict(messages)["homeassistant/sensor/edvit_home/home_edvit/config"]
     assert label["state_topic"] == "edvit/home/result"
     assert label["value_template"] == "{{ value_json.label }}"
     template = label["json_attributes_template"]

@@ -140,14 +140,14 @@ def test_install_writes_the_files_units_and_modes(
     assert set(bundle_files.values()) == {FILE_MODE}
     assert {p: m for p, m in written.items() if p not in bundle_files} == {
         "etc/edvit/site.yaml": FILE_MODE,
-        "etc/edvit/mqtt-password": 0o600,
+        "etc/edvit/credentials/node-cam": 0o600,
         f"etc/systemd/system/{UNIT}": FILE_MODE,
         "var/lib/edvit/installed.json": FILE_MODE,
     }
     for folder in ("etc/edvit", "var/lib/edvit", "var/lib/edvit/bundle/submodels"):
         assert stat.S_IMODE((root / folder).stat().st_mode) == DIR_MODE
     assert all((root / p).stat().st_uid == 0 for p in written)
-    assert (root / "etc/edvit/mqtt-password").read_text() == "s3cret\n"
+    assert (root / "etc/edvit/credentials/node-cam").read_text() == "s3cret\n"
     assert (root / "etc/edvit/site.yaml").read_bytes() == site.read_bytes()
     unit = (root / "etc/systemd/system" / UNIT).read_text()
     assert f"ExecStart={VENV}/bin/edge-node run" in unit
@@ -161,7 +161,7 @@ def test_install_writes_the_files_units_and_modes(
         assert proc.returncode == 0, proc.stderr
     # again, without a password: the installed one stays, the rest is replaced
     install(root, site, bundle)
-    assert (root / "etc/edvit/mqtt-password").read_text() == "s3cret\n"
+    assert (root / "etc/edvit/credentials/node-cam").read_text() == "s3cret\n"
 
 
 def _service_python() -> list[str]:
@@ -232,16 +232,19 @@ def test_uninstall_leaves_nothing(public: Path, bundle: Path, images: Path, tmp_
     install(root, site, bundle, "--password-file", password)
     agg = edvit(
         "install", "aggregator", "--root", root, "--config", site, "--bundle", bundle,
-        "--no-venv", "--venv", VENV,
+        "--no-venv", "--venv", VENV, "--password-file", password,
     )  # fmt: skip
     assert agg.returncode == 0, agg.stderr
-    # one of two services gone: the shared config, bundle and password stay
+    assert "etc/edvit/credentials/aggregator" in files(root)  # each service its own login
+    # one of two services gone with its password: the shared config and bundle stay
     proc = edvit("uninstall", "node", "cam", "--root", root)
     assert proc.returncode == 0, proc.stderr
     assert "systemctl disable --now edvit-node@cam.service" in proc.stdout
     left = files(root)
     assert f"etc/systemd/system/{UNIT}" not in left
-    assert {"etc/edvit/site.yaml", "etc/edvit/mqtt-password"} <= set(left)
+    assert "etc/edvit/site.yaml" in left
+    assert "etc/edvit/credentials/node-cam" not in left
+    assert "etc/edvit/credentials/aggregator" in left
     assert "etc/systemd/system/edvit-aggregator.service" in left
     proc = edvit("uninstall", "aggregator", "--root", root, "--purge")
     assert proc.returncode == 0, proc.stderr
