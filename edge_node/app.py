@@ -35,6 +35,7 @@ from edge_node.sources import (
     SourceError,
     build_source,
     encode_jpeg,
+    source_key,
 )
 from edge_node.stats import NodeStats
 from edge_node.tick import TickSchedule
@@ -218,17 +219,36 @@ class EdgeNode:
             source.open()
         except SourceError as exc:
             if isinstance(source, ReplaySource):
-                raise ConfigError(
-                    self.config_source, [f"nodes.{self.node_id}.source: {exc}"]
-                ) from None
+                raise self._source_error(exc) from None
             raise StartError(str(exc)) from None
         return source
 
-    def check_source(self) -> None:
-        """--validate-config: list a replay source's files (never opens a live device)."""
-        if isinstance(self.source, ReplaySource):
-            self._open_source()
-            self.source.close()
+    def _source_error(self, exc: SourceError) -> ConfigError:
+        return ConfigError(
+            self.config_source, [f"{source_key(self.node_id, self.node.source)}: {exc}"]
+        )
+
+    def check_source(self, timeout: float = 10.0) -> None:
+        """--validate-config: open the source as start() would and read one sample; a device
+        that is absent or silent is a ConfigError naming the key. A relay source is not
+        opened: its frames come over MQTT, which --validate-config never connects to."""
+        source = self.source
+        if source is None:
+            raise RuntimeError("prepare() must run before the source is checked")
+        if isinstance(source, RelaySource):
+            return
+        try:
+            source.open()
+        except SourceError as exc:
+            raise self._source_error(exc) from None
+        try:
+            sample = source.read_within(0, timeout)
+        finally:
+            source.close()
+        if sample is None:
+            raise self._source_error(
+                SourceError(f"{source.name}: opened, but gave no sample within {timeout:g} s")
+            )
 
     def _make_client(self) -> MqttClient:
         site = self.cfg.site
