@@ -36,7 +36,7 @@ from edvit.config.site import SiteConfig
 from edvit.preprocess import AudioPreprocess, ImagePreprocess
 
 LIVE_INTERVAL_S = 0.5
-"""Between the samples of a live source: long enough to measure its rate."""
+"""Before each sample of a live source: long enough to measure its rate."""
 SAMPLE_TIMEOUT_S = 10.0
 """How long a live source may take to give its first sample (a camera's first frame comes
 within its own open timeout; a microphone needs a whole window)."""
@@ -136,7 +136,7 @@ def probe(
     count, unit = _captured(source)
     since = time.monotonic()
     for i in range(samples):
-        if live and i > 0:
+        if live:  # so that even the first reading has a rate
             time.sleep(LIVE_INTERVAL_S)
         sample = source.read_within(i, SAMPLE_TIMEOUT_S)
         if sample is None:
