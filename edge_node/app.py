@@ -29,6 +29,7 @@ import paho.mqtt.client as paho
 
 from edge_node.runner import SubmodelRunner
 from edge_node.sources import (
+    MissingLibraryError,
     RelaySource,
     ReplaySource,
     Source,
@@ -210,15 +211,16 @@ class EdgeNode:
             preprocess(self.spec, np.zeros(self.spec.clip_samples, dtype=np.float32))
 
     def _open_source(self) -> Source:
-        """Open the source. Replay files that are missing are a config error (exit 2); a
-        live device that does not answer is a StartError (exit 1: systemd retries)."""
+        """Open the source. Replay files that are missing and libraries that are not
+        installed are a config error (exit 2); a live device that does not answer is a
+        StartError (exit 1: systemd retries)."""
         source = self.source
         if source is None:
             raise RuntimeError("prepare() must run before the source is opened")
         try:
             source.open()
         except SourceError as exc:
-            if isinstance(source, ReplaySource):
+            if isinstance(source, ReplaySource) or isinstance(exc, MissingLibraryError):
                 raise self._source_error(exc) from None
             raise StartError(str(exc)) from None
         return source

@@ -210,7 +210,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_validate_config_opens_the_source(bundle: Path, site: Path, tmp_path: Path) -> None:
     text = site.read_text()
-    for node in ("cam", "usb", "gone", "mic"):  # every node runs all three sub-models
+    for node in ("cam", "usb", "gone", "mic", "pi"):  # each runs all three sub-models
         text = text.replace(f"  {node}:\n", f"  {node}:\n    submodels: [g0, g1, g2]\n")
     site.write_text(text)
 
@@ -231,6 +231,11 @@ def test_validate_config_opens_the_source(bundle: Path, site: Path, tmp_path: Pa
         assert proc.returncode == 2, (node, proc.stdout, proc.stderr)
         assert message in proc.stderr
         assert "Traceback" not in proc.stderr
+    # without picamera2 the service itself exits 2 (a restart cannot install it)
+    pi = edge_node("run", "--bundle", bundle, "--node", "pi", "--config", site)
+    assert pi.returncode == 2, pi.stderr
+    assert f"{site}: nodes.pi.source.camera: picamera 0: picamera2 is not installed" in pi.stderr
+    assert "Traceback" not in pi.stderr
     # and probe takes the bundle's preprocessing when given one
     proc = edge_node("probe", "--config", site, "--node", "mic", "--bundle", bundle)
     assert proc.returncode == 2

@@ -25,7 +25,14 @@ sounddevice, librosa and picamera2 only where used, so an image node never loads
 numba.
 """
 
-from edge_node.sources.base import AudioRing, Sample, Source, SourceError, SourceStats
+from edge_node.sources.base import (
+    AudioRing,
+    MissingLibraryError,
+    Sample,
+    Source,
+    SourceError,
+    SourceStats,
+)
 from edge_node.sources.build import SOURCE_KEYS, SOURCES, build_source, source_key
 from edge_node.sources.camera import CameraSource
 from edge_node.sources.grab import GrabSource
@@ -50,6 +57,7 @@ __all__ = [
     "GrabSource",
     "ImagesSource",
     "MicrophoneSource",
+    "MissingLibraryError",
     "PicameraSource",
     "RelaySource",
     "ReplaySource",

@@ -24,6 +24,10 @@ class SourceError(Exception):
     """A source that cannot deliver: the message names the device, file or URL."""
 
 
+class MissingLibraryError(SourceError):
+    """A library the source needs is not installed (a restart cannot fix it: exit 2)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     """What a source delivers for tick `tick`.

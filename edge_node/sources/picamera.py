@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_node.sources.base import SourceError
+from edge_node.sources.base import MissingLibraryError
 from edge_node.sources.grab import GrabSource
 
 log = logging.getLogger(__name__)
@@ -25,11 +25,13 @@ INSTALL_HINT = (
 
 
 def import_picamera2(name: str) -> Any:
-    """The picamera2 module; SourceError saying how to install it when it is missing."""
+    """The picamera2 module; MissingLibraryError saying how to install it."""
     try:
         import picamera2
     except ImportError as exc:
-        raise SourceError(f"{name}: picamera2 is not installed ({exc}); {INSTALL_HINT}") from None
+        raise MissingLibraryError(
+            f"{name}: picamera2 is not installed ({exc}); {INSTALL_HINT}"
+        ) from None
     return picamera2
 
 
