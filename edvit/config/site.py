@@ -721,8 +721,8 @@ def check_site(cfg: SiteConfig, manifest: Manifest, local: Collection[str] = ())
 
 
 def _source_problems(node_id: str, source: SourceConfig) -> list[str]:
-    """A replay file or folder, or a local camera device, that is not there (URLs and
-    microphones are not probed)."""
+    """A replay file or folder, or a local camera device, that is not there (URLs,
+    microphones and Pi camera modules are not probed here: `edge-node probe` opens them)."""
     key = f"nodes.{node_id}.source"
     if (source.kind == "images" or source.kind == "wav") and not Path(source.folder).is_dir():
         return [f"{key}.folder: {source.folder}: no such folder"]
