@@ -241,10 +241,9 @@ class EdgeNode:
             return
         try:
             source.open()
+            sample = source.read_within(0, timeout)  # a stalled microphone raises
         except SourceError as exc:
             raise self._source_error(exc) from None
-        try:
-            sample = source.read_within(0, timeout)
         finally:
             source.close()
         if sample is None:

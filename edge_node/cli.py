@@ -23,6 +23,7 @@ from pathlib import Path
 from edvit.bundle import BundleError, load_bundle
 from edvit.config import ConfigError
 from edvit.config.site import load_site_config, with_broker
+from edvit.media import MediaError
 from edvit.service import (
     run_cli,
     serve,
@@ -148,6 +149,9 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     except SourceError as exc:
         key = source_key(args.node, cfg.nodes[args.node].source)
         print(f"{args.config}: {key}: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, MediaError) as exc:  # the snapshot folder
+        print(f"edge-node probe: --out {args.out}: {exc}", file=sys.stderr)
         return 2
     finally:
         source.close()

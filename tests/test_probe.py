@@ -159,6 +159,9 @@ def test_probe_errors_name_the_key(site: Path, tmp_path: Path) -> None:
     err = fails("nope")
     assert f"{site}: nodes: no node 'nope'" in err
     assert not list(tmp_path.glob("*.png"))  # nothing written for a source that failed
+    (tmp_path / "a-file").touch()
+    err = fails("cam", "--out", tmp_path / "a-file" / "snaps")
+    assert f"edge-node probe: --out {tmp_path / 'a-file' / 'snaps'}: " in err
 
 
 def test_devices_lists_what_is_there(tmp_path: Path) -> None:
