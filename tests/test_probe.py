@@ -10,6 +10,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,9 @@ import soundfile as sf
 import yaml
 from tiny import build_bundle, tiny_digits
 
-from edge_node.probe import list_devices, v4l2_cameras
+from edge_node.probe import Reading, list_devices, probe, v4l2_cameras
+from edge_node.sources import MicrophoneSource
+from edvit.preprocess import AudioPreprocess
 
 REPO = Path(__file__).resolve().parent.parent
 FAKES = Path(__file__).resolve().parent / "fakes"
@@ -136,6 +140,44 @@ def test_probe_a_pi_camera_module(site: Path, tmp_path: Path) -> None:
         assert rgb.shape == (48, 64, 3)
         assert (rgb[..., 0] == 200).all()  # the fake's red: delivered and saved as RGB
         assert (rgb[..., 1] == 64).all()
+
+
+def test_probe_measures_a_microphone_rate(tmp_path: Path) -> None:
+    """A microphone fed through its own PortAudio callback as a 16 kHz device would, in
+    10 ms blocks of a constant 0.25: the probe measures 16,000 samples/s and that level."""
+    import sounddevice as sd
+
+    mic = MicrophoneSource(None, sample_rate=RATE, clip_samples=RATE // 2)
+    stop = threading.Event()
+
+    def device() -> None:
+        block = np.full((RATE // 100, 1), 0.25, dtype=np.float32)
+        next_due = time.monotonic()
+        while not stop.is_set():
+            mic.callback(block, len(block), None, sd.CallbackFlags())
+            next_due += 0.01
+            time.sleep(max(0.0, next_due - time.monotonic()))
+
+    feeder = threading.Thread(target=device, daemon=True)
+    feeder.start()
+    got: list[Reading] = []
+    try:
+        spec = AudioPreprocess(sample_rate=RATE, clip_seconds=0.5)
+        probe(
+            mic, samples=2, out=tmp_path, stem="mic", spec=spec, report=lambda i, r: got.append(r)
+        )
+    finally:
+        stop.set()
+        feeder.join()
+    assert [r.unit for r in got] == ["samples/s", "samples/s"]
+    for reading in got:
+        assert 0.8 * RATE < reading.rate < 1.2 * RATE, reading.rate
+        assert reading.describe().startswith(f"shape ({RATE // 2},) float32, ")
+        assert "level -12.0 dBFS RMS, peak 0.250 (-12.0 dBFS)" in reading.describe()
+        wave, rate = sf.read(reading.snapshot, dtype="float32")
+        assert rate == RATE
+        assert wave.shape == (RATE // 2,)
+    assert [r.snapshot.name for r in got] == ["mic-0.wav", "mic-1.wav"]
 
 
 def test_probe_errors_name_the_key(site: Path, tmp_path: Path) -> None:
