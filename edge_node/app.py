@@ -29,12 +29,14 @@ import paho.mqtt.client as paho
 
 from edge_node.runner import SubmodelRunner
 from edge_node.sources import (
+    MissingLibraryError,
     RelaySource,
     ReplaySource,
     Source,
     SourceError,
     build_source,
     encode_jpeg,
+    source_key,
 )
 from edge_node.stats import NodeStats
 from edge_node.tick import TickSchedule
@@ -209,26 +211,45 @@ class EdgeNode:
             preprocess(self.spec, np.zeros(self.spec.clip_samples, dtype=np.float32))
 
     def _open_source(self) -> Source:
-        """Open the source. Replay files that are missing are a config error (exit 2); a
-        live device that does not answer is a StartError (exit 1: systemd retries)."""
+        """Open the source. Replay files that are missing and libraries that are not
+        installed are a config error (exit 2); a live device that does not answer is a
+        StartError (exit 1: systemd retries)."""
         source = self.source
         if source is None:
             raise RuntimeError("prepare() must run before the source is opened")
         try:
             source.open()
         except SourceError as exc:
-            if isinstance(source, ReplaySource):
-                raise ConfigError(
-                    self.config_source, [f"nodes.{self.node_id}.source: {exc}"]
-                ) from None
+            if isinstance(source, ReplaySource) or isinstance(exc, MissingLibraryError):
+                raise self._source_error(exc) from None
             raise StartError(str(exc)) from None
         return source
 
-    def check_source(self) -> None:
-        """--validate-config: list a replay source's files (never opens a live device)."""
-        if isinstance(self.source, ReplaySource):
-            self._open_source()
-            self.source.close()
+    def _source_error(self, exc: SourceError) -> ConfigError:
+        return ConfigError(
+            self.config_source, [f"{source_key(self.node_id, self.node.source)}: {exc}"]
+        )
+
+    def check_source(self, timeout: float = 10.0) -> None:
+        """--validate-config: open the source as start() would and read one sample; a device
+        that is absent or silent is a ConfigError naming the key. A relay source is not
+        opened: its frames come over MQTT, which --validate-config never connects to."""
+        source = self.source
+        if source is None:
+            raise RuntimeError("prepare() must run before the source is checked")
+        if isinstance(source, RelaySource):
+            return
+        try:
+            source.open()
+            sample = source.read_within(0, timeout)  # a stalled microphone raises
+        except SourceError as exc:
+            raise self._source_error(exc) from None
+        finally:
+            source.close()
+        if sample is None:
+            raise self._source_error(
+                SourceError(f"{source.name}: opened, but gave no sample within {timeout:g} s")
+            )
 
     def _make_client(self) -> MqttClient:
         site = self.cfg.site

@@ -6,6 +6,8 @@ the sources of the node being installed on this host), then writes, under `root`
 staging root that a test or an image builder inspects):
 
     /opt/edvit/venv                    the venv with `edvit[node]` or `edvit[aggregator]`
+                                       (a Pi camera module node: `edvit[node,pi-camera]`
+                                       with the system's site-packages, see venv_commands)
     /etc/systemd/system/UNIT           the unit, ExecStart pointing at the venv
     /etc/edvit/site.yaml               the site config, 0644
     /etc/edvit/credentials/NAME        the service's broker password when given, 0600 (root
@@ -170,7 +172,7 @@ def _relative_paths(cfg: SiteConfig, node_id: str | None) -> list[str]:
     return found
 
 
-def check(opts: InstallOptions, say: Say) -> Bundle:
+def check(opts: InstallOptions, say: Say) -> tuple[SiteConfig, Bundle]:
     """The site config and the bundle as the service will meet them; InstallError if not."""
     service = opts.service
     try:
@@ -202,7 +204,25 @@ def check(opts: InstallOptions, say: Say) -> Bundle:
             f"{opts.password_file} would never be sent; set auth: password or drop "
             "--password-file"
         )
-    return bundle
+    return cfg, bundle
+
+
+def venv_commands(opts: InstallOptions, cfg: SiteConfig) -> list[list[str]]:
+    """How the service's venv is made. A Pi camera module node also gets the `pi-camera`
+    extra, in a venv that sees the system's site-packages: libcamera's Python bindings
+    are not on PyPI, only in Raspberry Pi OS's apt (`python3-picamera2` brings both), and
+    pip then finds picamera2 already installed."""
+    venv = _at(opts.root, opts.venv)
+    service = opts.service
+    extras: list[str] = [service.role]
+    make = [sys.executable, "-m", "venv"]
+    if service.node_id is not None and cfg.nodes[service.node_id].source.kind == "picamera":
+        extras.append("pi-camera")
+        make.append("--system-site-packages")
+    return [
+        [*make, str(venv)],
+        [str(venv / "bin" / "pip"), "install", f"{opts.source}[{','.join(extras)}]"],
+    ]
 
 
 def _copy_bundle(bundle: Bundle, root: Path, say: Say) -> None:
@@ -262,7 +282,7 @@ def install(opts: InstallOptions, say: Say = print) -> None:
     root = opts.root
     if not _is_staging(root) and os.geteuid() != 0:
         raise InstallError("edvit install writes /etc and /opt: run it as root (sudo)")
-    bundle = check(opts, say)
+    cfg, bundle = check(opts, say)
     secret = None
     if opts.password_file is not None:  # read before anything is written
         try:
@@ -270,9 +290,8 @@ def install(opts: InstallOptions, say: Say = print) -> None:
         except OSError as exc:
             raise InstallError(f"{opts.password_file}: cannot read: {exc.strerror}") from None
     if opts.make_venv:
-        venv = _at(root, opts.venv)
-        _run([sys.executable, "-m", "venv", str(venv)], say)
-        _run([str(venv / "bin" / "pip"), "install", f"{opts.source}[{opts.service.role}]"], say)
+        for cmd in venv_commands(opts, cfg):
+            _run(cmd, say)
     _mkdirs(root, ETC)
     _mkdirs(root, STATE)
     _mkdirs(root, UNIT_DIR)

@@ -522,7 +522,7 @@ def test_validate_config_and_bad_configs_exit_2(data: Data, tmp_path: Path) -> N
     err = bad({"cam": {"source": images(data)}})  # no submodels, and the plan has no devices
     assert "bad.yaml: nodes.cam.submodels: not set" in err
     err = bad({"cam": {"source": {"kind": "images", "folder": "missing"}, "submodels": ["g0"]}})
-    assert "bad.yaml: nodes.cam.source: " in err
+    assert "bad.yaml: nodes.cam.source.folder: " in err
     assert "missing: not a folder" in err
     err = bad(
         {"cam": {"source": {"kind": "wav", "folder": str(data.samples)}, "submodels": ["g0"]}}

@@ -332,3 +332,30 @@ def test_validate_checks_the_site_against_the_bundle(
     proc = edvit("validate", dup, bundle)
     assert proc.returncode == 2
     assert f"{dup}: site: duplicate key (line" in proc.stderr
+
+
+def test_a_pi_camera_node_gets_the_extra_and_the_system_packages(
+    images: Path, tmp_path: Path
+) -> None:
+    from edvit.config.site import load_site_config
+    from edvit.install import InstallOptions, Service, venv_commands
+
+    nodes = {**one_node(images), "pi": {"source": {"kind": "picamera"}, "submodels": ["g0"]}}
+    site = write_site(tmp_path / "site.yaml", nodes)
+    cfg = load_site_config(site)
+
+    def commands(service: Service) -> list[list[str]]:
+        opts = InstallOptions(service=service, config=site, bundle=tmp_path, root=tmp_path)
+        return venv_commands(opts, cfg)
+
+    venv = tmp_path / "opt/edvit/venv"
+    # picamera2 needs libcamera's bindings, which only apt has: the venv must see them
+    assert commands(Service("node", "pi")) == [
+        [sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+        [str(venv / "bin/pip"), "install", f"{REPO}[node,pi-camera]"],
+    ]
+    assert commands(Service("node", "cam")) == [
+        [sys.executable, "-m", "venv", str(venv)],
+        [str(venv / "bin/pip"), "install", f"{REPO}[node]"],
+    ]
+    assert commands(Service("aggregator"))[1][-1] == f"{REPO}[aggregator]"

@@ -128,6 +128,14 @@ def test_good_config(tmp_path: Path) -> None:
             lambda s: s.replace("{kind: camera, device: 0}", "{kind: camera, width: 0}"),
             "nodes.cam-1.source.camera.width: Input should be greater than or equal to 1",
         ),
+        (
+            lambda s: s.replace("{kind: camera, device: 0}", "{kind: picamera, width: 640}"),
+            "nodes.cam-1.source.picamera.width: give both width and height, or neither",
+        ),
+        (
+            lambda s: s.replace("{kind: camera, device: 0}", "{kind: picamera, device: 0}"),
+            "nodes.cam-1.source.picamera.device: unknown key",
+        ),
         (lambda s: s.replace("site: lab", "site: a/b"), "site: String should match pattern"),
         (
             lambda s: s.replace(

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import functools
 import http.server
+import importlib
 import os
 import socket
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,8 @@ from edge_node.sources import (
     CameraSource,
     ImagesSource,
     MicrophoneSource,
+    MissingLibraryError,
+    PicameraSource,
     RelaySource,
     Sample,
     SourceError,
@@ -477,6 +481,70 @@ def test_microphone_open_without_a_device_fails_clearly(device: str | None) -> N
     mic.close()  # harmless after a failed open
 
 
+# --------------------------------------------------------------------------- picamera
+
+FAKES = Path(__file__).resolve().parent / "fakes"
+
+
+@pytest.fixture
+def picamera2(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """tests/fakes/picamera2.py as `picamera2` (libcamera is hardware), fresh per test."""
+    monkeypatch.syspath_prepend(str(FAKES))
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    module = importlib.import_module("picamera2")
+    yield module
+    sys.modules.pop("picamera2", None)
+
+
+def test_picamera_delivers_the_newest_frame_in_rgb(picamera2: Any) -> None:
+    cam = PicameraSource(0, width=32, height=24, fps=15.0, backoff=(0.05, 0.2))
+    with cam:
+        assert picamera2.EVENTS[:3] == ["open 0", "configure (32, 24) {'FrameRate': 15.0}", "start"]
+        time.sleep(0.2)
+        first = cam.read(0)
+        time.sleep(0.2)
+        second = cam.read(1)
+        assert first is not None
+        assert second is not None
+        assert first.data.shape == (24, 32, 3)
+        assert first.data.dtype == np.uint8
+        # RGB888 is B, G, R in memory (B: the frame number): the source hands out R, G, B
+        assert (first.data[..., 0] == 200).all()
+        assert (first.data[..., 1] == 64).all()
+        # newest frame only: ~20 frames were grabbed in 0.2 s, the read skips to the last
+        assert int(second.data[0, 0, 2]) - int(first.data[0, 0, 2]) >= 5
+        assert cam.stats.frames_dropped >= 5
+        assert cam.stats.errors == 0
+    assert picamera2.EVENTS[-2:] == ["stop", "close"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("grab-")]
+
+
+def test_picamera_reopens_a_lost_camera(picamera2: Any) -> None:
+    picamera2.FAIL_AFTER = 3  # every instance captures 3 frames, then "is unplugged"
+    cam = PicameraSource(0, backoff=(0.05, 0.1))
+    with cam:
+        assert wait_until(lambda: cam.stats.reopens >= 2)
+        assert cam.stats.errors >= 2
+        assert cam.read(0) is not None  # the frames of a reopened camera are fresh
+    opens = picamera2.EVENTS.count("open 0")
+    assert opens >= 3
+    assert picamera2.EVENTS.count("close") == opens  # every lost camera was released
+    assert "configure (1280, 720) {}" in picamera2.EVENTS  # no size asked: the default
+
+
+def test_picamera_errors_say_what_to_do(picamera2: Any) -> None:
+    with pytest.raises(SourceError, match=r"^picamera 1: libcamera cannot open it \(IndexError"):
+        PicameraSource(1).open()  # the fake has one camera, number 0
+    assert "start" not in picamera2.EVENTS
+    sys.modules["picamera2"] = None  # as if not installed (the fixture removes it)
+    with pytest.raises(MissingLibraryError) as err:  # the node exits 2: no restart fixes it
+        PicameraSource(0).open()
+    message = str(err.value)
+    assert message.startswith("picamera 0: picamera2 is not installed")
+    assert "python3-picamera2" in message
+    assert "edvit[pi-camera]" in message
+
+
 # --------------------------------------------------------------------------- factory
 
 
@@ -487,6 +555,7 @@ AUDIO = AudioPreprocess(sample_rate=8000, clip_seconds=0.5)
 def test_build_source_builds_each_kind_from_its_config(tmp_path: Path) -> None:
     configs: list[site.SourceConfig] = [
         site.CameraSourceConfig(kind="camera", device="0", width=640, height=480, fps=15),
+        site.PicameraSourceConfig(kind="picamera", camera=1, width=640, height=480),
         site.MicrophoneSourceConfig(kind="microphone"),
         site.VideoSourceConfig(kind="video", path=str(tmp_path / "clip.mp4")),
         site.ImagesSourceConfig(kind="images", folder=str(tmp_path / "imgs"), pattern="*.png"),
@@ -547,7 +616,7 @@ def test_build_source_refuses_a_source_the_model_cannot_take() -> None:
     with pytest.raises(
         SourceError,
         match=r"model takes images; a 'wav' source delivers audio "
-        r"\(use one of \['camera', 'images', 'relay', 'video'\]\)",
+        r"\(use one of \['camera', 'images', 'picamera', 'relay', 'video'\]\)",
     ):
         build_source(site.WavSourceConfig(kind="wav", folder="x"), IMAGE)
     with pytest.raises(SourceError, match="model takes images; a 'microphone' source"):

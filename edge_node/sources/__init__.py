@@ -17,17 +17,28 @@ Replay sources (`images`, `wav`, `video`) map tick k to item k mod M, so nodes s
 independently agree on what tick k shows, and `Sample.item` names the item (ground truth
 for tests and the demo).
 
-One module per concern: `base` (the interface, Sample, counters, the audio ring), `camera`,
+One module per concern: `base` (the interface, Sample, counters, the audio ring), `grab`
+(the newest-frame grab thread of live cameras), `camera` (OpenCV), `picamera` (picamera2),
 `microphone`, `replay` (files), `relay`, `jpeg`, and `build` (a source from its site config
 model). OpenCV is imported at module level (every node needs it for images or JPEG relay);
-sounddevice and librosa only where used, so an image node never loads PortAudio or numba.
+sounddevice, librosa and picamera2 only where used, so an image node never loads PortAudio or
+numba.
 """
 
-from edge_node.sources.base import AudioRing, Sample, Source, SourceError, SourceStats
-from edge_node.sources.build import SOURCES, build_source
+from edge_node.sources.base import (
+    AudioRing,
+    MissingLibraryError,
+    Sample,
+    Source,
+    SourceError,
+    SourceStats,
+)
+from edge_node.sources.build import SOURCE_KEYS, SOURCES, build_source, source_key
 from edge_node.sources.camera import CameraSource
+from edge_node.sources.grab import GrabSource
 from edge_node.sources.jpeg import decode_jpeg, encode_jpeg
 from edge_node.sources.microphone import MicrophoneSource
+from edge_node.sources.picamera import PicameraSource
 from edge_node.sources.relay import RelaySource
 from edge_node.sources.replay import (
     FolderSource,
@@ -39,11 +50,15 @@ from edge_node.sources.replay import (
 
 __all__ = [
     "SOURCES",
+    "SOURCE_KEYS",
     "AudioRing",
     "CameraSource",
     "FolderSource",
+    "GrabSource",
     "ImagesSource",
     "MicrophoneSource",
+    "MissingLibraryError",
+    "PicameraSource",
     "RelaySource",
     "ReplaySource",
     "Sample",
@@ -55,4 +70,5 @@ __all__ = [
     "build_source",
     "decode_jpeg",
     "encode_jpeg",
+    "source_key",
 ]

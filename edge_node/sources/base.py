@@ -6,6 +6,7 @@ The package docstring (`edge_node.sources`) states the contract of `read`.
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from typing import ClassVar, Literal, Self
@@ -21,6 +22,10 @@ UInt8Array = npt.NDArray[np.uint8]
 
 class SourceError(Exception):
     """A source that cannot deliver: the message names the device, file or URL."""
+
+
+class MissingLibraryError(SourceError):
+    """A library the source needs is not installed (a restart cannot fix it: exit 2)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,15 @@ class Source(ABC):
     @property
     def stats(self) -> SourceStats:
         return SourceStats(**self._counters.snapshot())
+
+    def read_within(self, tick: int, timeout: float) -> Sample | None:
+        """`read` until it gives a sample or `timeout` s pass (a microphone fills its first
+        window, a camera may miss a frame): what a check of an open source needs, never the
+        tick loop (which must not wait)."""
+        deadline = time.monotonic() + timeout
+        while (sample := self.read(tick)) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return sample
 
     def _deliver(self, sample: Sample | None) -> Sample | None:
         self._counters.add("reads" if sample is not None else "misses")

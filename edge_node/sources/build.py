@@ -11,12 +11,14 @@ from __future__ import annotations
 from edge_node.sources.base import Source, SourceError
 from edge_node.sources.camera import CameraSource
 from edge_node.sources.microphone import MicrophoneSource
+from edge_node.sources.picamera import PicameraSource
 from edge_node.sources.relay import RelaySource
 from edge_node.sources.replay import ImagesSource, VideoSource, WavSource
 from edvit.config.site import (
     CameraSourceConfig,
     ImagesSourceConfig,
     MicrophoneSourceConfig,
+    PicameraSourceConfig,
     RelaySourceConfig,
     SourceConfig,
     VideoSourceConfig,
@@ -26,9 +28,33 @@ from edvit.preprocess import AudioPreprocess, ImagePreprocess
 
 SOURCES: dict[str, type[Source]] = {
     cls.kind: cls
-    for cls in (CameraSource, MicrophoneSource, VideoSource, ImagesSource, WavSource, RelaySource)
+    for cls in (
+        CameraSource,
+        PicameraSource,
+        MicrophoneSource,
+        VideoSource,
+        ImagesSource,
+        WavSource,
+        RelaySource,
+    )
 }
 """Every source by its config `kind`."""
+
+SOURCE_KEYS: dict[str, str] = {
+    "camera": "device",
+    "picamera": "camera",
+    "microphone": "device",
+    "video": "path",
+    "images": "folder",
+    "wav": "folder",
+    "relay": "camera",
+}
+"""The config key naming what each kind opens: where an open failure points the user."""
+
+
+def source_key(node_id: str, cfg: SourceConfig) -> str:
+    """`nodes.<id>.source.<key>`: the key an open failure of this source is about."""
+    return f"nodes.{node_id}.source.{SOURCE_KEYS[cfg.kind]}"
 
 
 def build_source(cfg: SourceConfig, spec: ImagePreprocess | AudioPreprocess) -> Source:
@@ -37,6 +63,8 @@ def build_source(cfg: SourceConfig, spec: ImagePreprocess | AudioPreprocess) -> 
     match cfg, spec:
         case CameraSourceConfig(), ImagePreprocess():
             return CameraSource(cfg.device, width=cfg.width, height=cfg.height, fps=cfg.fps)
+        case PicameraSourceConfig(), ImagePreprocess():
+            return PicameraSource(cfg.camera, width=cfg.width, height=cfg.height, fps=cfg.fps)
         case VideoSourceConfig(), ImagePreprocess():
             return VideoSource(cfg.path)
         case ImagesSourceConfig(), ImagePreprocess():

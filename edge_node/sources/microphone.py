@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from edge_node.sources.base import AudioRing, Sample, Source, SourceError, parse_device
+from edge_node.sources.base import (
+    AudioRing,
+    MissingLibraryError,
+    Sample,
+    Source,
+    SourceError,
+    parse_device,
+)
 from edvit import media
 from edvit.preprocess import fix_length
 
@@ -21,7 +28,7 @@ def _import_sounddevice(device: object) -> Any:
     try:
         import sounddevice as sd
     except OSError as exc:  # the PortAudio library itself is missing
-        raise SourceError(
+        raise MissingLibraryError(
             f"microphone {device}: PortAudio is not available ({exc}); "
             "install the libportaudio2 package"
         ) from None

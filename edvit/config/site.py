@@ -244,6 +244,34 @@ class CameraSourceConfig(StrictModel):
         return value
 
 
+class PicameraSourceConfig(StrictModel):
+    """A Raspberry Pi camera module through picamera2 (libcamera); newest frame only.
+
+    Needs picamera2 on the node: apt `python3-picamera2` (`edvit install` makes the venv see
+    it) or the `pi-camera` extra."""
+
+    kind: Literal["picamera"] = Field(description="Selects a Raspberry Pi camera module.")
+    camera: int = Field(
+        default=0, ge=0, description="Camera number as libcamera lists them (`edge-node devices`)."
+    )
+    width: int | None = Field(
+        default=None, ge=1, le=8192, description="Frame width; null: picamera2's default."
+    )
+    height: int | None = Field(
+        default=None, ge=1, le=8192, description="Frame height; null: picamera2's default."
+    )
+    fps: float | None = Field(
+        default=None, gt=0, le=1000, description="Sensor frame rate; null: its default."
+    )
+
+    @model_validator(mode="after")
+    def _size(self) -> PicameraSourceConfig:
+        if (self.width is None) != (self.height is None):
+            given = "width" if self.width is not None else "height"
+            raise _invalid((given,), "give both width and height, or neither", getattr(self, given))
+        return self
+
+
 class MicrophoneSourceConfig(StrictModel):
     """A live microphone (sounddevice); the sample rate is the bundle's preprocessing rate."""
 
@@ -306,6 +334,7 @@ class RelaySourceConfig(StrictModel):
 
 SourceConfig = Annotated[
     CameraSourceConfig
+    | PicameraSourceConfig
     | MicrophoneSourceConfig
     | VideoSourceConfig
     | ImagesSourceConfig
@@ -355,10 +384,11 @@ class NodeConfig(StrictModel):
 
     @model_validator(mode="after")
     def _frames(self) -> NodeConfig:
-        if self.publish_frames and self.source.kind not in ("camera", "video", "images"):
+        images = ("camera", "picamera", "video", "images")
+        if self.publish_frames and self.source.kind not in images:
             raise _invalid(
                 ("publish_frames",),
-                "needs an image source (camera, video, images), not " + self.source.kind,
+                f"needs an image source ({', '.join(images)}), not {self.source.kind}",
                 True,
             )
         return self
@@ -691,8 +721,8 @@ def check_site(cfg: SiteConfig, manifest: Manifest, local: Collection[str] = ())
 
 
 def _source_problems(node_id: str, source: SourceConfig) -> list[str]:
-    """A replay file or folder, or a local camera device, that is not there (URLs and
-    microphones are not probed)."""
+    """A replay file or folder, or a local camera device, that is not there (URLs,
+    microphones and Pi camera modules are not probed here: `edge-node probe` opens them)."""
     key = f"nodes.{node_id}.source"
     if (source.kind == "images" or source.kind == "wav") and not Path(source.folder).is_dir():
         return [f"{key}.folder: {source.folder}: no such folder"]
