@@ -9,6 +9,7 @@ broker restart must be survived; status, LWT and Home Assistant discovery must b
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -24,11 +25,20 @@ import msgpack
 import numpy as np
 import pytest
 import yaml
-from broker import Mosquitto, Subscriber, free_port, mosquitto_binary
+from broker import (
+    Mosquitto,
+    ProvisionedMosquitto,
+    Subscriber,
+    free_port,
+    mosquitto_binary,
+    passwords,
+    provision,
+)
 from tiny import build_bundle, tiny_digits
 
 from edvit import topics
 from edvit.bundle import load_bundle
+from edvit.demo.brokers import BrokerProcess
 from edvit.fusion import NumpyFusionMLP, softmax
 from edvit.preprocess import parse_preprocess, preprocess_batch
 from edvit.wire import encode_features
@@ -147,10 +157,18 @@ class Running:
     """An `aggregator run` process with its output in files."""
 
     def __init__(
-        self, data: Data, broker: Mosquitto, workdir: Path, ha: bool = False, **aggregator: Any
+        self,
+        data: Data,
+        broker: BrokerProcess,
+        workdir: Path,
+        ha: bool = False,
+        config: Path | None = None,
+        password: str | None = None,
+        **aggregator: Any,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        self.config = site_config(workdir / "site.yaml", data.subs, ha=ha, **aggregator)
+        self.config = config or site_config(workdir / "site.yaml", data.subs, ha=ha, **aggregator)
+        env = {**os.environ, **({"EDVIT_MQTT_PASSWORD": password} if password else {})}
         self.stdout = workdir / "stdout.txt"
         self.stderr = workdir / "stderr.txt"
         with self.stdout.open("w") as out, self.stderr.open("w") as err:
@@ -169,6 +187,7 @@ class Running:
                 stdout=out,
                 stderr=err,
                 stdin=subprocess.DEVNULL,
+                env=env,
             )
 
     def output(self) -> tuple[str, str]:
@@ -627,3 +646,77 @@ def test_an_unpaced_flood_costs_no_valid_tick(
     assert after["dropped"]["queue_full"] == before["dropped"]["queue_full"]
     assert _rss_kib(run.proc.pid) - rss_before < 50_000  # < 50 MB for 20,000 messages
     flooder.close()
+
+
+@pytest.mark.slow
+def test_one_nodes_password_decides_nothing_on_a_provisioned_site(
+    data: Data, tmp_path: Path
+) -> None:
+    """The site provisioned by `edvit site credentials`, attacked with node pi-2's login
+    while both nodes stream: forged features on the other node's topics (the broker
+    refuses them), on its own topics for the other node's sub-models and with the other
+    node's name (the aggregator drops them as wrong_node), a spoofed status, a cross-site
+    publish, a reader taking the aggregator's client id, a 20 MiB payload. Every valid tick
+    is complete and correct; the aggregator never leaves the broker."""
+    *mine, theirs = data.subs
+    cfg = yaml.safe_load(site_config(tmp_path / "base.yaml", data.subs).read_text())
+    images = {"kind": "images", "folder": "."}
+    cfg["nodes"] = {NODE: {"source": images, "submodels": mine},
+                    "pi-2": {"source": images, "submodels": [theirs]}}  # fmt: skip
+    cfg["broker"]["port"] = free_port()
+    cfg["readers"] = ["viewer", "dashboard"]
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    proc = provision(path, out, "--bind", "127.0.0.1")
+    assert proc.returncode == 0, proc.stderr
+    pw = passwords(path, out)
+    broker = ProvisionedMosquitto(out, cfg["broker"]["port"]).start()
+    watched = [topic("result"), topic("status"), topic("stats"), "edvit/+/node/+/status"]
+    viewer = Subscriber(broker, watched, login=("viewer", pw["viewer"]))
+    run = Running(data, broker, tmp_path / "agg", config=path, password=pw["aggregator"])
+    genuine = Subscriber(broker, [], login=(NODE, pw[NODE]))
+    attacker = Subscriber(broker, [], login=("pi-2", pw["pi-2"]))
+    try:
+        wait_online(viewer, run)
+        genuine.publish(topics.node_status(SITE, NODE), topics.ONLINE, retain=True)
+        thief = Subscriber(broker, [], login=("dashboard", pw["dashboard"]),
+                           client_id=topics.client_id(SITE, "aggregator"))  # fmt: skip
+        ticks = fresh_ticks(20, lead=50)
+        for i, tick in enumerate(ticks):
+            for sub in mine:  # forged first: the first message of a tick would win
+                forged = encode_features(
+                    SITE, NODE, sub, tick, time.time(), i, data.hashes[sub], data.feats[sub][-1]
+                )
+                attacker.publish(topics.feat(SITE, NODE, sub), forged)  # refused by the broker
+                attacker.publish(topics.feat(SITE, "pi-2", sub), forged)  # wrong_node
+                attacker.publish(f"edvit/other/node/pi-2/feat/{sub}", forged)  # refused
+            for sub in mine:
+                payload = encode_features(
+                    SITE, NODE, sub, tick, time.time(), i, data.hashes[sub], data.feats[sub][i]
+                )
+                genuine.publish(topics.feat(SITE, NODE, sub), payload)
+            payload = encode_features(
+                SITE, "pi-2", theirs, tick, time.time(), i, data.hashes[theirs],
+                data.feats[theirs][i],
+            )  # fmt: skip
+            attacker.publish(topics.feat(SITE, "pi-2", theirs), payload)
+        attacker.publish(topics.node_status(SITE, NODE), topics.OFFLINE, retain=True)
+        got = results_for(viewer, set(ticks), timeout=60)
+        for i, tick in enumerate(ticks):
+            check_result(data, got[tick], i)
+        stats = stats_where(viewer, lambda s: s["dropped"]["wrong_node"] == len(ticks) * len(mine))
+        assert stats["received"] == len(ticks) * (2 * len(mine) + 1)  # nothing else got through
+        attacker._client.publish(topics.feat(SITE, "pi-2", theirs), b"\0" * (20 << 20), qos=1)
+        time.sleep(2)
+        statuses = [m.payload for m in viewer.seen + viewer.drain() if m.topic.endswith("status")]
+        assert topics.OFFLINE.encode() not in statuses  # no spoofed node, no kicked aggregator
+        final = stats_where(viewer, lambda s: True)
+        assert final["received"] == stats["received"]  # the 20 MiB never reached it
+        assert final["reconnects"] == 0
+        thief.close()
+    finally:
+        run.stop()
+        for client in (viewer, genuine, attacker):
+            client.close()
+        broker.kill()
