@@ -194,7 +194,7 @@ class EdgeNode:
     def _make_source(self, spec: ImagePreprocess | AudioPreprocess) -> Source:
         """The configured source, checked against the model's input (not opened yet)."""
         try:
-            return build_source(self.node.source, spec)
+            return build_source(self.node.source, spec, period_s=self.cfg.tick.period_s)
         except SourceError as exc:
             raise ConfigError(self.config_source, [f"nodes.{self.node_id}.source: {exc}"]) from None
 

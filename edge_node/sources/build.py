@@ -11,12 +11,14 @@ from __future__ import annotations
 from edge_node.sources.base import Source, SourceError
 from edge_node.sources.camera import CameraSource
 from edge_node.sources.microphone import MicrophoneSource
+from edge_node.sources.recording import RecordingSource
 from edge_node.sources.relay import RelaySource
 from edge_node.sources.replay import ImagesSource, VideoSource, WavSource
 from edvit.config.site import (
     CameraSourceConfig,
     ImagesSourceConfig,
     MicrophoneSourceConfig,
+    RecordingSourceConfig,
     RelaySourceConfig,
     SourceConfig,
     VideoSourceConfig,
@@ -26,14 +28,25 @@ from edvit.preprocess import AudioPreprocess, ImagePreprocess
 
 SOURCES: dict[str, type[Source]] = {
     cls.kind: cls
-    for cls in (CameraSource, MicrophoneSource, VideoSource, ImagesSource, WavSource, RelaySource)
+    for cls in (
+        CameraSource,
+        MicrophoneSource,
+        VideoSource,
+        ImagesSource,
+        WavSource,
+        RecordingSource,
+        RelaySource,
+    )
 }
 """Every source by its config `kind`."""
 
 
-def build_source(cfg: SourceConfig, spec: ImagePreprocess | AudioPreprocess) -> Source:
-    """The source `cfg` describes, for a bundle preprocessing with `spec` (not opened yet);
-    SourceError for a camera on an audio model or a microphone on an image model."""
+def build_source(
+    cfg: SourceConfig, spec: ImagePreprocess | AudioPreprocess, *, period_s: float
+) -> Source:
+    """The source `cfg` describes, for a bundle preprocessing with `spec` and a site ticking
+    every `period_s` (not opened yet); SourceError for a camera on an audio model or a
+    microphone on an image model."""
     match cfg, spec:
         case CameraSourceConfig(), ImagePreprocess():
             return CameraSource(cfg.device, width=cfg.width, height=cfg.height, fps=cfg.fps)
@@ -53,6 +66,13 @@ def build_source(cfg: SourceConfig, spec: ImagePreprocess | AudioPreprocess) -> 
                 sample_rate=spec.sample_rate,
                 clip_samples=spec.clip_samples,
                 pattern=cfg.pattern,
+            )
+        case RecordingSourceConfig(), AudioPreprocess():
+            return RecordingSource(
+                cfg.path,
+                sample_rate=spec.sample_rate,
+                clip_samples=spec.clip_samples,
+                period_s=period_s,
             )
     wants = "audio" if isinstance(spec, AudioPreprocess) else "images"
     fitting = sorted(kind for kind, cls in SOURCES.items() if cls.delivers == wants)
