@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
 from aggregator.events import Counts, Event, EventDetector, Rules, event_rules
@@ -144,3 +145,37 @@ def test_counts_over_sliding_windows() -> None:
     [truck] = counts.changed(1010.0 + 3600.0)  # 1010 left the hour
     assert (truck["last_minute"], truck["last_hour"], truck["since_start"]) == (0, 2, 3)
     assert counts.payload("car", 5000.0)["since_start"] == 0
+
+
+def test_thresholds_calibrated_for_a_false_accept_rate() -> None:
+    from modelgen.calibration import calibrate_thresholds
+
+    classes = ["stop", "go", "_silence_"]
+    # 100 samples of each class; rows are (p_stop, p_go, p_silence)
+    probs, labels = [], []
+    for c in range(3):
+        for _ in range(100):
+            p = np.full(3, 0.0)
+            p[c] = 0.95
+            probs.append(p)
+            labels.append(c)
+    probs_a, labels_a = np.array(probs), np.array(labels)
+    # false accepts of "stop": 5 silences and 1 "go" on top as stop at these scores
+    wrong = {200: 0.99, 201: 0.97, 202: 0.9, 203: 0.8, 204: 0.7, 100: 0.6}
+    for i, score in wrong.items():
+        probs_a[i] = [score, 0.0, 1 - score]
+    # 200 others: 1 % allows 2 false accepts, so the third highest (0.9) must be refused
+    out = calibrate_thresholds(probs_a, labels_a, classes, {"_silence_"}, 0.01, floor=0.0)
+    assert out == {"stop": 0.900001, "go": 0.0}  # go: no false accept at all
+    top, score = probs_a.argmax(1), probs_a.max(1)
+    others = labels_a != 0
+    for threshold, far in ((out["stop"], 0.01), (0.9, 0.015)):
+        accepted = others & (top == 0) & (score >= threshold)
+        assert accepted.sum() / others.sum() == far
+    # the floor, and a looser target
+    assert calibrate_thresholds(probs_a, labels_a, classes, {"_silence_"}, 0.01, 0.5) == {
+        "stop": 0.900001,
+        "go": 0.5,
+    }
+    loose = calibrate_thresholds(probs_a, labels_a, classes, {"_silence_"}, 0.025, 0.0)
+    assert loose["stop"] == 0.600001  # 2.5 %: five allowed, the sixth (0.6) refused

@@ -82,6 +82,22 @@ class _DatasetBase(StrictModel):
     split: SplitSpec = Field(
         default_factory=SplitSpec, description="How samples divide into train/val/test."
     )
+    background_classes: list[str] = Field(
+        default_factory=list,
+        description="Classes that mean 'nothing to report' (_silence_, _unknown_, "
+        "_background_): trained, grouped and fused like any class, recorded in the "
+        "manifest, and never an event. Each must be one of the dataset's classes.",
+    )
+
+    @model_validator(mode="after")
+    def _known_background(self) -> _DatasetBase:
+        names = self.background_classes
+        if len(set(names)) != len(names):
+            raise ValueError(f"background_classes: a class appears more than once in {names}")
+        # without `classes`, the dataset's own ones: `modelgen build` checks once loaded
+        if self.classes is not None and (unknown := [c for c in names if c not in self.classes]):
+            raise ValueError(f"background_classes: {unknown} are not in classes {self.classes}")
+        return self
 
     @field_validator("classes")
     @classmethod
