@@ -176,9 +176,8 @@ class Aggregator:
             on_message=self._sort,
             on_fatal=self._on_fatal,
         )
-        for topic, payload in discovery_messages(
-            self.cfg, bundle.manifest
-        ):  # empty: remove the entity
+        # an empty payload removes the entity
+        for topic, payload in discovery_messages(self.cfg, bundle.manifest):
             client.publish_on_connect(topic, b"" if payload is None else compact_json(payload))
         return client
 
@@ -276,14 +275,6 @@ class Aggregator:
             latency_ms=latency_ms,
         )
         self.client.publish_bytes(topics.result(self.cfg.site), payload, qos=RESULT_QOS)
-        if self.events is not None:
-            event = self.events.update(tick.tick, tick.ts, fused.label, fused.score, tick.complete)
-            if event is not None:
-                self.client.publish_json(topics.event(self.cfg.site), event.payload(), EVENT_QOS)
-                if self.counts is not None:
-                    self.counts.add(event)
-                if self.print_results:
-                    print(f"event {event.label} ({event.score:.3f})", file=self._out, flush=True)
         overhead_ms = (time.monotonic() - tick.last_received) * 1e3
         with self._lock:
             self._fused += 1
@@ -297,6 +288,14 @@ class Aggregator:
                 file=self._out,
                 flush=True,
             )
+        if self.events is not None:
+            event = self.events.update(tick.tick, tick.ts, fused.label, fused.score, tick.complete)
+            if event is not None:
+                self.client.publish_json(topics.event(self.cfg.site), event.payload(), EVENT_QOS)
+                if self.counts is not None:
+                    self.counts.add(event)
+                if self.print_results:
+                    print(f"event {event.label} ({event.score:.3f})", file=self._out, flush=True)
 
     def _publish_counts(self) -> None:
         """Republish (retained) the counts that changed since they were last published."""

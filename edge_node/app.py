@@ -29,6 +29,7 @@ import paho.mqtt.client as paho
 
 from edge_node.runner import SubmodelRunner
 from edge_node.sources import (
+    RecordingSource,
     RelaySource,
     ReplaySource,
     Source,
@@ -51,6 +52,8 @@ from edvit.stats import LogThrottle
 from edvit.wire import MAX_FRAME_BYTES, WireError, decode_frame, encode_features, encode_frame
 
 log = logging.getLogger("edge_node")
+FILE_SOURCES = (ReplaySource, RecordingSource)
+"""Sources that play files: a missing file is a config error, a sample's time is its tick's."""
 
 FEATURE_QOS = 1  # the aggregator must see every tick's features: acknowledged delivery
 FRAME_QOS = 0  # a relayed frame is useful for one tick only: never retransmit a stale one
@@ -217,7 +220,7 @@ class EdgeNode:
         try:
             source.open()
         except SourceError as exc:
-            if isinstance(source, ReplaySource):
+            if isinstance(source, FILE_SOURCES):
                 raise ConfigError(
                     self.config_source, [f"nodes.{self.node_id}.source: {exc}"]
                 ) from None
@@ -226,7 +229,7 @@ class EdgeNode:
 
     def check_source(self) -> None:
         """--validate-config: list a replay source's files (never opens a live device)."""
-        if isinstance(self.source, ReplaySource):
+        if isinstance(self.source, FILE_SOURCES):
             self._open_source()
             self.source.close()
 
@@ -329,7 +332,7 @@ class EdgeNode:
             return True
         # Replay files are "captured" at the instant the tick stands for; live sources
         # report when the frame was grabbed, a relay when the camera node grabbed it.
-        ts = self.schedule.due(tick) if isinstance(source, ReplaySource) else sample.ts
+        ts = self.schedule.due(tick) if isinstance(source, FILE_SOURCES) else sample.ts
         try:
             if self._frame_topic is not None:  # before inference: relays start early
                 self._publish_frame(self._frame_topic, tick, ts, sample.data)

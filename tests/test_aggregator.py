@@ -596,6 +596,11 @@ def test_validate_config(data: Data, tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert f"{config}: aggregator_typo: unknown key (line" in bad.stderr
     assert "Traceback" not in bad.stderr
+    events = {"thresholds": {BACKGROUND: 0.5}}
+    config = site_config(tmp_path / "site.yaml", data.subs, events=events)
+    bad = run_cli("run", "--bundle", str(data.bundle), "--config", str(config), "--validate-config")
+    assert bad.returncode == 2
+    assert f"aggregator.events.thresholds.{BACKGROUND}: a background class" in bad.stderr
 
 
 def test_tampered_bundle_is_refused(data: Data, tmp_path: Path) -> None:

@@ -277,6 +277,19 @@ def test_audio_build_on_generated_keywords(tmp_path: Path) -> None:
     replayed = media.read_wav(tmp_path / "s" / item["file"], 16000)
     original = media.read_wav(other / item["source"], 16000)
     np.testing.assert_array_equal(replayed, original)
+    # the clips as one long recording, streamed by a node: a missing file is a config error
+    site = tmp_path / "site.yaml"
+    site.write_text(
+        "site: kw\nnodes:\n  mic: {source: {kind: recording, path: long.wav}, "
+        f"submodels: {[s['id'] for s in manifest['submodels']]}}}\n"
+    )
+    node = ("edge-node", "run", "--bundle", str(out), "--node", "mic", "--config", str(site))
+    missing = run(*node, "--validate-config", check=False)
+    assert missing.returncode == 2
+    assert f"nodes.mic.source: {tmp_path / 'long.wav'}: no such sound file" in missing.stderr
+    clips = [media.read_wav(tmp_path / "s" / i["file"], 16000) for i in labels["items"]]
+    media.write_wav(tmp_path / "long.wav", np.concatenate(clips), 16000)
+    assert run(*node, "--validate-config").returncode == 0
 
 
 def test_samples_replay_the_test_split_losslessly(
