@@ -132,7 +132,7 @@ def test_recipe_errors_name_the_key(tmp_path: Path) -> None:
     assert "model.arch" in proc.stderr
     assert "Traceback" not in proc.stderr
     for dataset, message in (
-        ({"classes": ["1", "2"]}, "background_classes: ['0'] are not in classes ['1', '2']"),
+        ({"classes": ["1", "2"]}, "background_classes: Value error, ['0'] are not in classes"),
         ({"background_classes": ["ten"]}, "dataset.background_classes: ['ten'] are not classes"),
     ):
         wrong = dict(TINY, dataset={**TINY["dataset"], **dataset})

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from edvit.config.base import StrictModel
 
@@ -89,15 +89,16 @@ class _DatasetBase(StrictModel):
         "manifest, and never an event. Each must be one of the dataset's classes.",
     )
 
-    @model_validator(mode="after")
-    def _known_background(self) -> _DatasetBase:
-        names = self.background_classes
+    @field_validator("background_classes")
+    @classmethod
+    def _known_background(cls, names: list[str], info: ValidationInfo) -> list[str]:
         if len(set(names)) != len(names):
-            raise ValueError(f"background_classes: a class appears more than once in {names}")
+            raise ValueError(f"a class appears more than once in {names}")
         # without `classes`, the dataset's own ones: `modelgen build` checks once loaded
-        if self.classes is not None and (unknown := [c for c in names if c not in self.classes]):
-            raise ValueError(f"background_classes: {unknown} are not in classes {self.classes}")
-        return self
+        classes = info.data.get("classes")
+        if classes is not None and (unknown := [c for c in names if c not in classes]):
+            raise ValueError(f"{unknown} are not in classes {classes}")
+        return names
 
     @field_validator("classes")
     @classmethod
