@@ -430,6 +430,13 @@ def test_status_and_home_assistant_discovery(
     [avail] = cfg["availability"]
     assert avail["topic"] == topic("status")
     assert "value_json.tick" not in cfg["json_attributes_template"]  # no row per tick
+    event = fresh.wait_for(
+        lambda m: m.topic == f"homeassistant/event/{SITE}_edvit_detection/config"
+    )
+    assert event.retain
+    detection = json.loads(event.payload)
+    assert detection["state_topic"] == topic("event")
+    assert detection["event_types"] == [c for c in data.classes if c != BACKGROUND]
     fresh.close()
 
 
