@@ -6,7 +6,9 @@ Threads, and why:
   ticks); a message on any other topic is counted (`wrong_node`, `unknown_sub`) and dropped
   there, unread;
 - the worker owns the alignment buffer: it decodes and validates each message, adds it,
-  and wakes at the next deadline to emit partial ticks, so buffer state needs no lock;
+  and wakes at the next deadline to emit partial ticks, so buffer state needs no lock; it
+  also turns results into events and keeps the counts (aggregator.events), republishing a
+  count when it changes (an event ages out of a window too);
 - the timer publishes stats and tells systemd's watchdog the worker is alive — a worker
   stuck for longer than the watchdog interval gets the service restarted.
 A message that fails validation is counted under its WireError reason and dropped; it never
@@ -25,11 +27,13 @@ from typing import Any, TextIO
 
 from aggregator.alignment import Aligner, Emitted
 from aggregator.discovery import discovery_messages
+from aggregator.events import Counts, EventDetector, event_rules
 from aggregator.fusion import Fuser
 from aggregator.inbox import FairInbox
 from edvit import sdnotify, topics
-from edvit.bundle import Bundle
+from edvit.bundle import MANIFEST, Bundle, BundleError
 from edvit.config.site import SiteConfig, feature_senders
+from edvit.ids import IdError
 from edvit.jsonfmt import compact_json
 from edvit.mqtt import Message, MqttClient, MqttError
 from edvit.service import begin_stop, spawn, wait_for_broker
@@ -41,6 +45,7 @@ log = logging.getLogger("aggregator")
 
 FEATURE_QOS = 1
 RESULT_QOS = 1
+EVENT_QOS = 1
 LATENCY_WINDOW = 1000  # results the latency percentiles are taken over
 HEARTBEAT_MAX_S = 0.25  # the worker wakes at least this often
 
@@ -75,8 +80,11 @@ class Aggregator:
         self.fuser: Fuser | None = None
         self.client: MqttClient | None = None
         self.aligner: Aligner | None = None
+        self.events: EventDetector | None = None  # None: events disabled in the site config
+        self.counts: Counts | None = None
         self._expected: dict[str, tuple[str, int]] = {}
         self._senders: dict[str, tuple[str, str]] = {}  # feature topic → (node, sub-model)
+        self._count_topics: dict[str, str] = {}  # class → its count topic
         self._received = 0
         self._fused = 0
         self._errors = 0
@@ -96,7 +104,15 @@ class Aggregator:
         self._inbox = self._make_inbox(self.bundle)
         self.fuser = Fuser.from_bundle(self.bundle)
         self.aligner = self._make_aligner(self.bundle)
-        self.client = self._make_client()
+        if self.cfg.aggregator.events.enabled:
+            rules = event_rules(self.bundle.manifest, self.cfg.aggregator.events)
+            self.events = EventDetector(rules, self.cfg.site)
+            self.counts = Counts(rules.thresholds, started=round(self._clock(), 3))
+            try:
+                self._count_topics = {c: topics.count(self.cfg.site, c) for c in rules.thresholds}
+            except IdError as exc:
+                raise BundleError([f"{self.bundle_dir / MANIFEST}: classes: {exc}"]) from None
+        self.client = self._make_client(self.bundle)
         wait_for_broker(self.client, connect_timeout, self._cancel)
         self._worker = spawn("aggregator-worker", self._work)
         self._timer = spawn("aggregator-timer", self._tick_timer)
@@ -148,7 +164,7 @@ class Aggregator:
             buffer_ticks=self.cfg.aggregator.buffer_ticks,
         )
 
-    def _make_client(self) -> MqttClient:
+    def _make_client(self, bundle: Bundle) -> MqttClient:
         site = self.cfg.site
         client = MqttClient(
             self.cfg.broker,
@@ -160,7 +176,8 @@ class Aggregator:
             on_message=self._sort,
             on_fatal=self._on_fatal,
         )
-        for topic, payload in discovery_messages(self.cfg):  # empty: remove the entity
+        # an empty payload removes the entity
+        for topic, payload in discovery_messages(self.cfg, bundle.manifest):
             client.publish_on_connect(topic, b"" if payload is None else compact_json(payload))
         return client
 
@@ -209,6 +226,7 @@ class Aggregator:
                     emitted += self._accept(aligner, msg)
                 for tick in emitted:
                     self._publish(tick)
+                self._publish_counts()
             except Exception:  # a bug must not end the service: count it, keep fusing
                 with self._lock:
                     self._errors += 1
@@ -270,6 +288,22 @@ class Aggregator:
                 file=self._out,
                 flush=True,
             )
+        if self.events is not None:
+            event = self.events.update(tick.tick, tick.ts, fused.label, fused.score, tick.complete)
+            if event is not None:
+                self.client.publish_json(topics.event(self.cfg.site), event.payload(), EVENT_QOS)
+                if self.counts is not None:
+                    self.counts.add(event)
+                if self.print_results:
+                    print(f"event {event.label} ({event.score:.3f})", file=self._out, flush=True)
+
+    def _publish_counts(self) -> None:
+        """Republish (retained) the counts that changed since they were last published."""
+        if self.counts is None or self.client is None:
+            return
+        for payload in self.counts.changed(self._clock()):
+            topic = self._count_topics[payload["label"]]
+            self.client.publish_json(topic, payload, qos=EVENT_QOS, retain=True)
 
     def _log_drop(self, exc: WireError, topic: str) -> None:
         """Log a refused message, throttled per reason (floods happen)."""
@@ -329,6 +363,7 @@ class Aggregator:
                 "uptime_s": round(time.monotonic() - self._started_at, 1),
                 "received": self._received,
                 "fused": self._fused,
+                "events_fired": self.events.fired if self.events is not None else 0,
                 "complete": aligner.complete if aligner is not None else 0,
                 "partial": aligner.partial if aligner is not None else 0,
                 "evicted": aligner.evicted if aligner is not None else 0,

@@ -5,25 +5,32 @@ Entities (all on one device per site):
   (complete, missing), so the recorder writes a row when the answer changes, not every tick;
   `expire_after` makes it unavailable when results stop (a dead site keeps no stale label);
 - one connectivity binary sensor per node, from its retained status;
-- diagnostic sensors from the aggregator's stats topic (latency p99, dropped messages).
+- diagnostic sensors from the aggregator's stats topic (latency p99, dropped messages);
+- with events enabled, an event entity fed by `edvit/<site>/event` (its `event_types` are the
+  bundle's classes but the background ones), and per such class a sensor of its events in the
+  last minute, the other windows as attributes (they change only when the counts change).
 Every entity fed by the aggregator is unavailable unless its status is `online`.
 
 With discovery disabled the same topics are published empty (retained), which is how Home
-Assistant is told to remove entities an earlier run created.
+Assistant is told to remove entities an earlier run created; so are the event and count
+entities when events are disabled.
 """
 
 from __future__ import annotations
 
+import re
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from edvit import topics
+from edvit.bundle import Manifest
 from edvit.config.site import SiteConfig
 
 MIN_EXPIRE_S = 10  # results come every tick; silence for this long means the site is dead
 EXPIRE_TICKS = 5
 
 Discovery = list[tuple[str, dict[str, Any] | None]]
+Entity = tuple[str, str, dict[str, Any]]  # component, object id, its fields
 
 
 def _origin() -> dict[str, str]:
@@ -55,9 +62,53 @@ def _slug(cfg: SiteConfig) -> str:
     return ha.object_id or f"{cfg.site}_edvit".replace(".", "_").replace("-", "_")
 
 
-def discovery_messages(cfg: SiteConfig) -> Discovery:
-    """(config topic, payload) for every entity of the site; payload None when discovery is
-    disabled (publish it empty to remove the entity)."""
+def _event_entities(cfg: SiteConfig, manifest: Manifest, slug: str) -> list[Entity]:
+    """The detection event entity and one count sensor per class that fires."""
+    site = cfg.site
+    fed = {"availability": [_only_online(topics.aggregator_status(site))]}
+    labels = manifest.event_classes
+    entities: list[Entity] = [
+        (
+            "event",
+            f"{slug}_detection",
+            {
+                "name": "Detection",
+                "state_topic": topics.event(site),
+                "event_types": labels,
+                "icon": "mdi:bullhorn-outline",
+                **fed,
+            },
+        )
+    ]
+    for label in labels:
+        count = topics.count(site, label)
+        entities.append(
+            (
+                "sensor",
+                f"{slug}_count_{re.sub(r'[^A-Za-z0-9_-]', '_', label)}",
+                {
+                    "name": f"{label} last minute",
+                    "state_topic": count,
+                    "value_template": "{{ value_json.last_minute }}",
+                    "json_attributes_topic": count,
+                    "json_attributes_template": (
+                        "{{ {'last_hour': value_json.last_hour, 'since_start': "
+                        "value_json.since_start, 'started': value_json.started} | tojson }}"
+                    ),
+                    "unit_of_measurement": "events",
+                    "state_class": "measurement",
+                    "icon": "mdi:counter",
+                    **fed,
+                },
+            )
+        )
+    return entities
+
+
+def discovery_messages(cfg: SiteConfig, manifest: Manifest) -> Discovery:
+    """(config topic, payload) for every entity of the site and its bundle; payload None when
+    discovery (or, for the event and count entities, events) is disabled: publish it empty
+    to remove the entity."""
     ha = cfg.aggregator.home_assistant
     slug = _slug(cfg)
     site = cfg.site
@@ -70,7 +121,7 @@ def discovery_messages(cfg: SiteConfig) -> Discovery:
     fed = {"availability": [_only_online(topics.aggregator_status(site))]}
     result = topics.result(site)
     stats = topics.aggregator_stats(site)
-    entities: list[tuple[str, str, dict[str, Any]]] = [
+    entities: list[Entity] = [
         (
             "sensor",
             slug,
@@ -134,8 +185,11 @@ def discovery_messages(cfg: SiteConfig) -> Discovery:
                 },
             )
         )
+    events = cfg.aggregator.events.enabled
+    tagged = [(e, True) for e in entities]
+    tagged += [(e, events) for e in _event_entities(cfg, manifest, slug)]
     out: Discovery = []
-    for component, object_id, fields in entities:
+    for (component, object_id, fields), wanted in tagged:
         topic = f"{ha.discovery_prefix}/{component}/{topics.ha_node_id(site)}/{object_id}/config"
         payload = {
             **fields,
@@ -144,5 +198,5 @@ def discovery_messages(cfg: SiteConfig) -> Discovery:
             "unique_id": object_id,
             "default_entity_id": f"{component}.{object_id}",
         }
-        out.append((topic, payload if ha.enabled else None))
+        out.append((topic, payload if ha.enabled and wanted else None))
     return out

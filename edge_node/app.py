@@ -30,6 +30,7 @@ import paho.mqtt.client as paho
 from edge_node.runner import SubmodelRunner
 from edge_node.sources import (
     MissingLibraryError,
+    RecordingSource,
     RelaySource,
     ReplaySource,
     Source,
@@ -53,6 +54,8 @@ from edvit.stats import LogThrottle
 from edvit.wire import MAX_FRAME_BYTES, WireError, decode_frame, encode_features, encode_frame
 
 log = logging.getLogger("edge_node")
+FILE_SOURCES = (ReplaySource, RecordingSource)
+"""Sources that play files: a missing file is a config error, a sample's time is its tick's."""
 
 FEATURE_QOS = 1  # the aggregator must see every tick's features: acknowledged delivery
 FRAME_QOS = 0  # a relayed frame is useful for one tick only: never retransmit a stale one
@@ -196,7 +199,7 @@ class EdgeNode:
     def _make_source(self, spec: ImagePreprocess | AudioPreprocess) -> Source:
         """The configured source, checked against the model's input (not opened yet)."""
         try:
-            return build_source(self.node.source, spec)
+            return build_source(self.node.source, spec, period_s=self.cfg.tick.period_s)
         except SourceError as exc:
             raise ConfigError(self.config_source, [f"nodes.{self.node_id}.source: {exc}"]) from None
 
@@ -220,7 +223,7 @@ class EdgeNode:
         try:
             source.open()
         except SourceError as exc:
-            if isinstance(source, ReplaySource) or isinstance(exc, MissingLibraryError):
+            if isinstance(source, FILE_SOURCES) or isinstance(exc, MissingLibraryError):
                 raise self._source_error(exc) from None
             raise StartError(str(exc)) from None
         return source
@@ -350,7 +353,7 @@ class EdgeNode:
             return True
         # Replay files are "captured" at the instant the tick stands for; live sources
         # report when the frame was grabbed, a relay when the camera node grabbed it.
-        ts = self.schedule.due(tick) if isinstance(source, ReplaySource) else sample.ts
+        ts = self.schedule.due(tick) if isinstance(source, FILE_SOURCES) else sample.ts
         try:
             if self._frame_topic is not None:  # before inference: relays start early
                 self._publish_frame(self._frame_topic, tick, ts, sample.data)

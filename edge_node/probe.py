@@ -91,7 +91,7 @@ def open_node_source(
         audio = SOURCES[source_cfg.kind].delivers == "audio"
         spec = AudioPreprocess() if audio else ImagePreprocess(height=224, width=224)
     try:
-        source = build_source(source_cfg, spec)
+        source = build_source(source_cfg, spec, period_s=cfg.tick.period_s)
     except SourceError as exc:
         raise ConfigError(config_source, [f"nodes.{node_id}.source: {exc}"]) from None
     if isinstance(source, RelaySource):

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, Field, ValidationError, field_validator, model_validator
 
@@ -197,12 +197,56 @@ class FusionEntry(StrictModel):
         return self
 
 
+DEFAULT_THRESHOLD = 0.5
+"""The score a class without a calibrated threshold must reach to count (bundles built
+before calibration, or classes the validation data gave no evidence for)."""
+DEFAULT_PATIENCE = 1
+DEFAULT_REFRACTORY_S = 1.0
+
+Score = Annotated[float, Field(ge=0, le=1)]
+
+
+class EventsEntry(StrictModel):
+    """How the aggregator turns fused results into events (site config may override each)."""
+
+    thresholds: dict[str, Score] = Field(
+        default_factory=dict,
+        description="Class name → the lowest fused top-1 score that counts towards an event, "
+        f"calibrated by `modelgen build` for target_far; classes not listed use "
+        f"{DEFAULT_THRESHOLD}.",
+    )
+    patience: int = Field(
+        default=DEFAULT_PATIENCE,
+        ge=1,
+        description="Consecutive complete ticks with the class on top and above its "
+        "threshold before the event fires.",
+    )
+    refractory_s: float = Field(
+        default=DEFAULT_REFRACTORY_S,
+        ge=0,
+        description="A run of a class that starts within this many seconds after the end of "
+        "its last event's run fires no new event.",
+    )
+    target_far: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="The per-tick false-accept rate on validation data the thresholds were "
+        "calibrated for; null: not calibrated.",
+    )
+
+
 class Manifest(StrictModel):
     """`manifest.json`: everything a node, the aggregator or `modelgen eval` needs to know."""
 
     schema_version: Literal[1] = Field(description="Version of this schema (SCHEMA_VERSION).")
     created: AwareDatetime = Field(description="When the bundle was built (ISO 8601, with zone).")
     classes: list[str] = Field(min_length=1, description="Class names; index = class id.")
+    background_classes: list[str] = Field(
+        default_factory=list,
+        description="Classes that mean 'nothing to report' (_silence_, _unknown_, "
+        "_background_): trained and fused like any class, never an event.",
+    )
     groups: dict[str, list[int]] = Field(description="Sub-model id → the class indices it owns.")
     base: BaseEntry = Field(description="The base model the sub-models come from.")
     preprocess: PreprocessSpec = Field(
@@ -212,6 +256,9 @@ class Manifest(StrictModel):
     fusion: FusionEntry = Field(description="The fusion MLP the aggregator runs.")
     plan: Plan = Field(description="The plan the build followed (shapes, devices, assignment).")
     split: SplitSection = Field(description="Train/val/test sample sources, to repeat eval.")
+    events: EventsEntry = Field(
+        default_factory=EventsEntry, description="Event thresholds, patience and refractory time."
+    )
     metrics: dict[str, Any] = Field(
         default_factory=dict, description="Measured results: accuracies, latencies."
     )
@@ -233,6 +280,15 @@ class Manifest(StrictModel):
         if len(set(self.classes)) != len(self.classes):
             raise ValueError("classes: duplicate class names")
         num = len(self.classes)
+        if unknown := [c for c in self.background_classes if c not in self.classes]:
+            raise ValueError(f"background_classes: {unknown} are not in classes")
+        if len(set(self.background_classes)) != len(self.background_classes):
+            raise ValueError("background_classes: duplicate class names")
+        firing = self.event_classes
+        if unknown := sorted(set(self.events.thresholds) - set(firing)):
+            raise ValueError(
+                f"events.thresholds: {unknown} are not classes that fire events ({firing})"
+            )
         if sorted(self.groups) != sorted(ids):
             raise ValueError(f"groups: keys {sorted(self.groups)} != submodel ids {sorted(ids)}")
         owned = sorted(c for g in self.groups.values() for c in g)
@@ -258,6 +314,11 @@ class Manifest(StrictModel):
         if len(set(paths)) != len(paths):
             raise ValueError(f"two entries name the same file: {paths}")
         return self
+
+    @property
+    def event_classes(self) -> list[str]:
+        """The classes that produce events and counts: all but the background ones."""
+        return [c for c in self.classes if c not in self.background_classes]
 
     def file_refs(self) -> Iterator[tuple[str, FileRef]]:
         """(manifest key path, FileRef) of every file the bundle must contain."""

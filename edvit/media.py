@@ -100,8 +100,12 @@ def read_wav(path: Path, sample_rate: int) -> FloatArray:
         raise MediaError(f"{path}: not a readable sound file ({exc})") from None
     if data.shape[0] == 0:
         raise MediaError(f"{path}: sound file has no samples")
-    wave = np.ascontiguousarray(data.mean(axis=1, dtype=np.float32), dtype=np.float32)
-    return resample(wave, int(rate), sample_rate)
+    return resample(mono(data), int(rate), sample_rate)
+
+
+def mono(frames: np.ndarray) -> FloatArray:
+    """(samples, channels) as soundfile reads them → one float32 channel, their mean."""
+    return np.ascontiguousarray(frames.mean(axis=1, dtype=np.float32), dtype=np.float32)
 
 
 def write_image(path: Path, rgb: np.ndarray) -> None:

@@ -100,7 +100,7 @@ def grants(cfg: SiteConfig) -> dict[str, Grants]:
         read=[topics.feat_wildcard(site)],
         write=[
             topics.result(site),
-            f"{base}/event",
+            topics.event(site),
             f"{base}/count/+",
             topics.aggregator_status(site),
             topics.aggregator_stats(site),
@@ -110,7 +110,7 @@ def grants(cfg: SiteConfig) -> dict[str, Grants]:
     )
     readable = [
         topics.result(site),
-        f"{base}/event",
+        topics.event(site),
         f"{base}/count/+",
         f"{base}/node/+/status",
         f"{base}/node/+/stats",

@@ -5,6 +5,8 @@
     edvit/<site>/node/<node>/stats       JSON node stats
     edvit/<site>/node/<node>/session     retained token of the process logged in as the node
     edvit/<site>/result                  JSON results of the aggregator
+    edvit/<site>/event                   JSON events (a class detected), QoS 1, not retained
+    edvit/<site>/count/<label>           retained JSON event counts of a class over windows
     edvit/<site>/aggregator/status       retained online / offline (LWT) / stopped / no_data
     edvit/<site>/aggregator/stats        JSON aggregator stats
     edvit/<site>/aggregator/session      retained token of the aggregator process
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from edvit.ids import check_id
+from edvit.ids import IdError, check_id
 
 PREFIX: Final = "edvit"
 
@@ -57,6 +59,19 @@ def parse_feat_topic(site: str, topic: str) -> tuple[str, str] | None:
 
 def result(site: str) -> str:
     return f"{PREFIX}/{check_id(site, 'site')}/result"
+
+
+def event(site: str) -> str:
+    return f"{PREFIX}/{check_id(site, 'site')}/event"
+
+
+def count(site: str, label: str) -> str:
+    """Where the aggregator keeps (retained) the event counts of class `label`.
+
+    Class names are looser than ids (`_silence_`), but one is a topic level all the same."""
+    if not label or any(c in label for c in "/+#\x00"):
+        raise IdError(f"class {label!r} cannot be a topic level (empty, or '/', '+', '#', NUL)")
+    return f"{PREFIX}/{check_id(site, 'site')}/count/{label}"
 
 
 def node_status(site: str, node: str) -> str:

@@ -26,7 +26,7 @@ from safetensors.numpy import load_file as load_arrays
 from safetensors.numpy import save_file as save_arrays
 from timm.models.vision_transformer import VisionTransformer
 
-from edvit.bundle import SCHEMA_VERSION, Manifest, write_manifest
+from edvit.bundle import SCHEMA_VERSION, EventsEntry, Manifest, write_manifest
 from edvit.config import DevicesFile, load_config
 from edvit.config.recipe import Grouping, PruneMethod, Recipe
 from edvit.fusion import hidden_size, softmax
@@ -34,6 +34,7 @@ from edvit.plan import SubmodelPlan
 from edvit.preprocess import fit_normalization, parse_preprocess, preprocess_batch
 from edvit.signing import SIGNATURE, remove_signature, sign_bundle
 from modelgen.cache import StageCache, content_key
+from modelgen.calibration import calibrate_thresholds
 from modelgen.distill import distill
 from modelgen.export import (
     base_entry,
@@ -149,7 +150,8 @@ def _stage_data(ws: Workspace) -> Prepared:
 
     recipe, recipe_dir, cache, log = ws.recipe, ws.recipe_dir, ws.cache, ws.log
 
-    dataset_spec = recipe.dataset.model_dump(mode="json")
+    # background classes change no sample: the manifest records them, not the data key
+    dataset_spec = recipe.dataset.model_dump(mode="json", exclude={"background_classes"})
     if "root" in dataset_spec:  # resolved, so the bundle can be re-evaluated from anywhere
         dataset_spec["root"] = str((recipe_dir / dataset_spec["root"]).resolve())
     given = sorted({"mean", "std"} & recipe.preprocess.model_fields_set)  # else measured
@@ -446,9 +448,39 @@ def _stage_fusion(
     )
 
 
+def _events(
+    recipe: Recipe, subs: Sequence[Sub], fusion: TorchFusionMLP, data: Prepared, log: Log
+) -> EventsEntry:
+    """The manifest's event rules, thresholds calibrated on the fused model's validation
+    predictions (one batched forward pass; none without validation data)."""
+    spec = recipe.events
+    rules = {"patience": spec.patience, "refractory_s": spec.refractory_s}
+    if not len(data.y["val"]):
+        log("events: no validation data, thresholds not calibrated")
+        return EventsEntry(**rules)
+    feats = np.concatenate([_features(s, data.x["val"]) for s in subs], axis=1)
+    probs = softmax(predict(fusion, feats))
+    thresholds = calibrate_thresholds(
+        probs,
+        data.y["val"],
+        data.classes,
+        recipe.dataset.background_classes,
+        spec.target_far,
+        spec.min_threshold,
+    )
+    log(f"events: thresholds for a false-accept rate of {spec.target_far:g}: {thresholds}")
+    return EventsEntry(thresholds=thresholds, target_far=spec.target_far, **rules)
+
+
 def prepare(ws: Workspace) -> tuple[Prepared, Base]:
     """The data and the trained base model (cached)."""
     data = _stage_data(ws)
+    background = ws.recipe.dataset.background_classes
+    if unknown := [c for c in background if c not in data.classes]:
+        raise BuildError(
+            f"dataset.background_classes: {unknown} are not classes of the dataset "
+            f"(has {data.classes})"
+        )
     return data, _stage_base(ws, data)
 
 
@@ -492,9 +524,13 @@ def build(
     log(f"plan: heads {[s.heads for s in plan.submodels]}, total {plan.total_mib:.2f} MiB")
     subs = [train_submodel(ws, base, data, sp) for sp in plan.submodels]
     fusion = _stage_fusion(recipe, subs, data, ws.cache, log)
+    events = _events(recipe, subs, fusion, data, log)
 
     log("export: ONNX + safetensors, parity-checked")
     manifest = _export(recipe, ws.shape, data, base, plan, subs, fusion, out)
+    manifest = manifest.model_copy(
+        update={"background_classes": list(recipe.dataset.background_classes), "events": events}
+    )
     metrics = evaluate_bundle(out)
     metrics["grouping"] = grouping
     metrics["build_seconds"] = time.perf_counter() - started

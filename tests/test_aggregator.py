@@ -48,6 +48,7 @@ SITE = "t1"
 NODE = "test-node"
 PERIOD = 0.01  # short, so that a test's hundred ticks span only a second of the clock
 DEADLINE = 1.0  # generous: the suite runs on 2 shared cores
+BACKGROUND = "0"  # the bundle's background class: it never fires an event
 
 
 pytestmark = pytest.mark.skipif(
@@ -93,7 +94,9 @@ def _test_split(bundle_dir: Path) -> tuple[list[np.ndarray], np.ndarray]:
 def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
     import onnxruntime as ort
 
-    out = build_bundle(tmp_path_factory.mktemp("online-bundle"), tiny_digits("tiny-digits-online"))
+    recipe = tiny_digits("tiny-digits-online")
+    recipe["dataset"]["background_classes"] = [BACKGROUND]
+    out = build_bundle(tmp_path_factory.mktemp("online-bundle"), recipe)
     bundle = load_bundle(out)
     m = bundle.manifest
     samples, labels = _test_split(out)
@@ -209,6 +212,7 @@ def topic(kind: str) -> str:
         "result": f"edvit/{SITE}/result",
         "status": f"edvit/{SITE}/aggregator/status",
         "stats": f"edvit/{SITE}/aggregator/stats",
+        "event": f"edvit/{SITE}/event",
     }[kind]
 
 
@@ -447,6 +451,13 @@ def test_status_and_home_assistant_discovery(
     [avail] = cfg["availability"]
     assert avail["topic"] == topic("status")
     assert "value_json.tick" not in cfg["json_attributes_template"]  # no row per tick
+    event = fresh.wait_for(
+        lambda m: m.topic == f"homeassistant/event/{SITE}_edvit_detection/config"
+    )
+    assert event.retain
+    detection = json.loads(event.payload)
+    assert detection["state_topic"] == topic("event")
+    assert detection["event_types"] == [c for c in data.classes if c != BACKGROUND]
     fresh.close()
 
 
@@ -484,6 +495,61 @@ def test_status_says_no_data_while_no_features_arrive(
         check_result(data, results_for(sub, {tick})[tick], 3)
         sub.wait_for(lambda m: m.topic == topic("status") and m.payload == b"online")
         assert stats_where(sub, lambda s: s["receiving"])["last_feature_age_s"] < 1.0
+    finally:
+        run.stop()
+        sub.close()
+
+
+def test_an_event_and_a_retained_count_but_none_for_the_background(
+    data: Data, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    labels = [data.classes[int(p.argmax())] for p in data.probs]
+    quiet = labels.index(BACKGROUND)  # a test sample the model calls background
+    loud = next(i for i, label in enumerate(labels) if label != BACKGROUND)
+    label = labels[loud]
+    threshold = round(float(data.probs[loud].max()) - 1e-3, 6)  # just below its score
+    events = {"thresholds": {label: threshold}, "patience": 3, "refractory_s": 0}
+    sub = Subscriber(mosquitto, [topic("result"), topic("status"), topic("stats"), topic("event")])
+    run = Running(data, mosquitto, tmp_path / "agg", events=events)
+    try:
+        wait_online(sub, run)
+        ticks = fresh_ticks(8)
+        samples = [quiet] * 4 + [loud] * 4  # the background never fires; the label at its 3rd
+        for tick, i in zip(ticks, samples, strict=True):
+            publish_sample(sub, data, tick, i)
+        got = results_for(sub, set(ticks))
+        assert [got[t]["label"] for t in ticks] == [BACKGROUND] * 4 + [label] * 4
+        msg = sub.wait_for(lambda m: m.topic == topic("event"))
+        assert not msg.retain
+        event = json.loads(msg.payload)
+        assert event == {
+            "label": label,
+            "event_type": label,
+            "score": pytest.approx(float(data.probs[loud].max()), abs=2e-6),
+            "start_ts": pytest.approx(got[ticks[4]]["ts"]),
+            "end_ts": pytest.approx(got[ticks[6]]["ts"]),
+            "ticks": 3,
+            "site": SITE,
+        }
+        assert stats_where(sub, lambda s: s["fused"] >= len(ticks))["events_fired"] == 1
+        assert [m for m in sub.drain(0.5) if m.topic == topic("event")] == []  # once a run
+        assert len([m for m in sub.seen if m.topic == topic("event")]) == 1
+        counts = Subscriber(mosquitto, [f"edvit/{SITE}/count/+"])
+        retained = {m.topic: m for m in counts.drain(0.5)}
+        counts.close()
+        assert f"edvit/{SITE}/count/{BACKGROUND}" not in retained  # background is not counted
+        count = retained[f"edvit/{SITE}/count/{label}"]
+        assert count.retain
+        assert json.loads(count.payload) == {
+            "label": label,
+            "last_minute": 1,
+            "last_hour": 1,
+            "since_start": 1,
+            "started": pytest.approx(time.time(), abs=120),
+        }
+        others = [json.loads(m.payload) for t, m in retained.items() if not t.endswith(f"/{label}")]
+        assert len(others) == len(data.classes) - 2
+        assert all(c["since_start"] == 0 for c in others)
     finally:
         run.stop()
         sub.close()
@@ -558,6 +624,11 @@ def test_validate_config(data: Data, tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert f"{config}: aggregator_typo: unknown key (line" in bad.stderr
     assert "Traceback" not in bad.stderr
+    events = {"thresholds": {BACKGROUND: 0.5}}
+    config = site_config(tmp_path / "site.yaml", data.subs, events=events)
+    bad = run_cli("run", "--bundle", str(data.bundle), "--config", str(config), "--validate-config")
+    assert bad.returncode == 2
+    assert f"aggregator.events.thresholds.{BACKGROUND}: a background class" in bad.stderr
 
 
 def test_tampered_bundle_is_refused(data: Data, tmp_path: Path) -> None:

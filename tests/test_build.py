@@ -17,6 +17,7 @@ BIN = Path(sys.executable).parent
 
 TINY = tiny_digits(
     "tiny-digits",
+    dataset={**tiny_digits("")["dataset"], "background_classes": ["0"]},
     train={"epochs": 3, "batch_size": 32, "lr": 0.003},
     plan={"num_submodels": 2},
     distill={"epochs": 2, "batch_size": 32, "lr": 0.003},
@@ -61,6 +62,12 @@ def test_build_writes_a_bundle_that_validates(bundle: tuple[Path, Path, str]) ->
     # heads follow the plan: ceil(4 / 2) = 2 heads of dim 8
     assert all(s["heads"] == 2 and s["feature_dim"] == 16 for s in manifest["submodels"])
     assert manifest["plan"]["submodels"][0]["heads"] == 2
+    # "0" is background: in a group like any class, never an event
+    assert manifest["background_classes"] == ["0"]
+    events = manifest["events"]
+    assert sorted(events["thresholds"]) == [str(d) for d in range(1, 10)]
+    assert all(0.5 <= t <= 1 for t in events["thresholds"].values())  # the floor
+    assert (events["target_far"], events["patience"], events["refractory_s"]) == (0.01, 1, 1.0)
     for name in ("report.md", "accuracy.png", "submodels.png"):
         assert (out / name).is_file()
     ok = run("edvit", "validate", str(out))
@@ -124,6 +131,16 @@ def test_recipe_errors_name_the_key(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "model.arch" in proc.stderr
     assert "Traceback" not in proc.stderr
+    for dataset, message in (
+        ({"classes": ["1", "2"]}, "background_classes: Value error, ['0'] are not in classes"),
+        ({"background_classes": ["ten"]}, "dataset.background_classes: ['ten'] are not classes"),
+    ):
+        wrong = dict(TINY, dataset={**TINY["dataset"], **dataset})
+        proc = run("modelgen", "build", str(write_recipe(tmp_path / "b.yaml", wrong)), "--out",
+                   str(tmp_path / "o"), check=False)  # fmt: skip
+        assert proc.returncode == 2
+        assert message in proc.stderr
+        assert "Traceback" not in proc.stderr
 
 
 def test_preprocessing_per_batch_builds_the_same_bundle(
@@ -260,6 +277,19 @@ def test_audio_build_on_generated_keywords(tmp_path: Path) -> None:
     replayed = media.read_wav(tmp_path / "s" / item["file"], 16000)
     original = media.read_wav(other / item["source"], 16000)
     np.testing.assert_array_equal(replayed, original)
+    # the clips as one long recording, streamed by a node: a missing file is a config error
+    site = tmp_path / "site.yaml"
+    site.write_text(
+        "site: kw\nnodes:\n  mic: {source: {kind: recording, path: long.wav}, "
+        f"submodels: {[s['id'] for s in manifest['submodels']]}}}\n"
+    )
+    node = ("edge-node", "run", "--bundle", str(out), "--node", "mic", "--config", str(site))
+    missing = run(*node, "--validate-config", check=False)
+    assert missing.returncode == 2
+    assert f"nodes.mic.source: {tmp_path / 'long.wav'}: no such sound file" in missing.stderr
+    clips = [media.read_wav(tmp_path / "s" / i["file"], 16000) for i in labels["items"]]
+    media.write_wav(tmp_path / "long.wav", np.concatenate(clips), 16000)
+    assert run(*node, "--validate-config").returncode == 0
 
 
 def test_samples_replay_the_test_split_losslessly(

@@ -29,6 +29,7 @@ from edvit.bundle import (
     SCHEMA_VERSION,
     Bundle,
     BundleError,
+    EventsEntry,
     Manifest,
     canonical_json,
     file_ref,
@@ -439,3 +440,35 @@ def test_nodes_and_aggregator_need_no_torch(built: Built) -> None:
     assert run.proc.returncode == 0, run.proc.stderr
     assert run.proc.stdout.strip() == "(2, 5)"
     assert run.attempts == []
+
+
+def test_background_classes_and_event_rules_round_trip(built: Built, tmp_path: Path) -> None:
+    root = tmp_path / "bundle"
+    shutil.copytree(built.root, root)
+    manifest = load_bundle(root).manifest
+    assert manifest.background_classes == []  # a bundle written without them: defaults
+    assert manifest.events == EventsEntry()
+    rules = EventsEntry(thresholds={"one": 0.75, "two": 0.9}, patience=3, refractory_s=2.5)
+    written = write_manifest(
+        root,
+        manifest.model_copy(update={"background_classes": ["zero"], "events": rules}),
+    )
+    again = load_bundle(root).manifest
+    assert again == written
+    assert again.background_classes == ["zero"]
+    assert again.event_classes == ["one", "two", "three", "four"]
+    assert again.events == rules
+    good = (root / MANIFEST).read_text()
+    assert json.loads(good)["events"]["thresholds"] == {"one": 0.75, "two": 0.9}
+    for change, message in (
+        (lambda d: _set(d, "background_classes", ["nine"]), r"\['nine'\] are not in classes"),
+        (
+            lambda d: _set(d, "events.thresholds", {"zero": 0.5}),
+            r"events.thresholds: \['zero'\] are not classes that fire",
+        ),
+        (lambda d: _set(d, "events.thresholds", {"one": 1.5}), "less than or equal to 1"),
+    ):
+        (root / MANIFEST).write_text(good)
+        _edit_manifest(root, change)
+        with pytest.raises(BundleError, match=message):
+            load_bundle(root, verify=False)

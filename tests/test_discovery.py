@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -27,8 +28,13 @@ DOCUMENTED = {
     | {"last_reset_value_template", "options", "state_class", "suggested_display_precision",
        "unit_of_measurement"},
     "binary_sensor": _ENTITY | {"off_delay", "payload_off", "payload_on"},
+    "event": (_ENTITY - {"expire_after", "force_update"}) | {"event_types"},
 }  # fmt: skip
-REQUIRED = {"sensor": {"state_topic"}, "binary_sensor": {"state_topic"}}
+REQUIRED = {
+    "sensor": {"state_topic"},
+    "binary_sensor": {"state_topic"},
+    "event": {"state_topic", "event_types"},
+}
 DEVICE = {
     "configuration_url", "connections", "hw_version", "identifiers", "manufacturer", "model",
     "model_id", "name", "serial_number", "suggested_area", "sw_version", "via_device",
@@ -36,14 +42,17 @@ DEVICE = {
 ORIGIN = {"name", "sw_version", "support_url"}
 AVAILABILITY = {"payload_available", "payload_not_available", "topic", "value_template"}
 PER_TICK = ("tick", "latency_ms", "score", "ts")  # change every tick: a recorder row each
+# what discovery reads of a bundle: the classes that fire events (not _silence_, _unknown_)
+MANIFEST: Any = SimpleNamespace(event_classes=["stop", "go"])
 
 
-def _site(tmp_path: Path, enabled: bool) -> SiteConfig:
+def _site(tmp_path: Path, enabled: bool, events: bool = True) -> SiteConfig:
     path = tmp_path / "site.yaml"
     path.write_text(
         "site: home\n"
         "tick: {period_s: 0.5, deadline_s: 0.4}\n"
-        f"aggregator: {{home_assistant: {{enabled: {str(enabled).lower()}}}}}\n"
+        f"aggregator: {{home_assistant: {{enabled: {str(enabled).lower()}}}, "
+        f"events: {{enabled: {str(events).lower()}}}}}\n"
         "nodes:\n"
         "  cam-1: {source: {kind: camera, device: 0}, publish_frames: true}\n"
         "  pi-2: {source: {kind: relay, camera: cam-1}}\n"
@@ -54,7 +63,7 @@ def _site(tmp_path: Path, enabled: bool) -> SiteConfig:
 @pytest.fixture
 def messages(tmp_path: Path) -> list[tuple[str, dict[str, Any]]]:
     out = []
-    for topic, payload in discovery_messages(_site(tmp_path, enabled=True)):
+    for topic, payload in discovery_messages(_site(tmp_path, enabled=True), MANIFEST):
         assert payload is not None
         out.append((topic, json.loads(json.dumps(payload))))  # as it travels: JSON
     return out
@@ -83,7 +92,10 @@ def test_entities_of_a_site(messages: list[tuple[str, dict[str, Any]]]) -> None:
     assert sorted(by_topic) == [
         "homeassistant/binary_sensor/edvit_home/home_edvit_node_cam_1/config",
         "homeassistant/binary_sensor/edvit_home/home_edvit_node_pi_2/config",
+        "homeassistant/event/edvit_home/home_edvit_detection/config",
         "homeassistant/sensor/edvit_home/home_edvit/config",
+        "homeassistant/sensor/edvit_home/home_edvit_count_go/config",
+        "homeassistant/sensor/edvit_home/home_edvit_count_stop/config",
         "homeassistant/sensor/edvit_home/home_edvit_dropped/config",
         "homeassistant/sensor/edvit_home/home_edvit_latency_p99/config",
     ]
@@ -114,8 +126,29 @@ def test_label_sensor_does_not_flood_the_recorder(
     assert (avail["payload_available"], avail["payload_not_available"]) == ("online", "offline")
 
 
+def test_event_entity_and_count_sensors(messages: list[tuple[str, dict[str, Any]]]) -> None:
+    by_topic = dict(messages)
+    event = by_topic["homeassistant/event/home_edvit_detection/config"]
+    assert event["state_topic"] == "edvit/home/event"
+    assert event["event_types"] == ["stop", "go"]  # the payload's event_type is the label
+    [avail] = event["availability"]
+    assert avail["topic"] == "edvit/home/aggregator/status"
+    stop = by_topic["homeassistant/sensor/home_edvit_count_stop/config"]
+    assert stop["state_topic"] == stop["json_attributes_topic"] == "edvit/home/count/stop"
+    assert stop["value_template"] == "{{ value_json.last_minute }}"
+    for window in ("last_hour", "since_start"):
+        assert f"value_json.{window}" in stop["json_attributes_template"]
+    assert "expire_after" not in stop  # counts are retained and change only with events
+
+
 def test_disabled_discovery_clears_the_same_topics(tmp_path: Path) -> None:
-    enabled = [t for t, _ in discovery_messages(_site(tmp_path, enabled=True))]
-    disabled = discovery_messages(_site(tmp_path, enabled=False))
+    enabled = [t for t, _ in discovery_messages(_site(tmp_path, enabled=True), MANIFEST)]
+    disabled = discovery_messages(_site(tmp_path, enabled=False), MANIFEST)
     assert [t for t, _ in disabled] == enabled
     assert all(payload is None for _, payload in disabled)
+
+
+def test_disabled_events_clear_their_entities(tmp_path: Path) -> None:
+    messages = discovery_messages(_site(tmp_path, enabled=True, events=False), MANIFEST)
+    cleared = sorted(t.split("/")[2] for t, payload in messages if payload is None)
+    assert cleared == ["home_edvit_count_go", "home_edvit_count_stop", "home_edvit_detection"]

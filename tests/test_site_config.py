@@ -7,12 +7,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from edvit.cli import main as edvit_main
 from edvit.config import ConfigError
 from edvit.config.site import (
     BrokerConfig,
     ImagesSourceConfig,
+    RecordingSourceConfig,
     RelaySourceConfig,
     SiteConfig,
     broker_password,
@@ -245,7 +247,11 @@ def test_with_broker_overrides_host_and_port(tmp_path: Path) -> None:
 def manifest(assignment: dict[str, str] | None, metrics: dict[str, Any] | None = None) -> Any:
     subs = [SimpleNamespace(id=i) for i in ("g0", "g1", "g2")]
     return SimpleNamespace(
-        submodels=subs, plan=SimpleNamespace(assignment=assignment), metrics=metrics or {}
+        submodels=subs,
+        plan=SimpleNamespace(assignment=assignment),
+        metrics=metrics or {},
+        classes=["yes", "no", "_silence_"],
+        event_classes=["yes", "no"],
     )
 
 
@@ -405,3 +411,42 @@ def test_duplicate_yaml_keys_are_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="base: unknown key"):  # a merge key is no duplicate
         load_site_config(path)
     assert edvit_main(["validate", str(path)]) == 2
+
+
+def test_recording_source_path_is_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "site.yaml"
+    path.write_text(
+        "site: lab\nnodes:\n  mic: {source: {kind: recording, path: ../long.wav}, "
+        "submodels: [g0, g1, g2]}\n"
+    )
+    cfg = load_site_config(path)
+    source = cfg.nodes["mic"].source
+    assert isinstance(source, RecordingSourceConfig)
+    assert source.path == str(tmp_path / "long.wav")
+    assert check_site(cfg, manifest(None), local=["mic"]).problems == [
+        f"nodes.mic.source.path: {tmp_path / 'long.wav'}: no such file"
+    ]
+    (tmp_path / "long.wav").write_bytes(b"")
+    assert check_site(cfg, manifest(None), local=["mic"]).problems == []
+
+
+def test_event_overrides_name_only_classes_that_fire(tmp_path: Path) -> None:
+    folder = {"kind": "images", "folder": str(tmp_path)}
+    cfg = SiteConfig.model_validate(
+        {
+            "site": "lab",
+            "nodes": {"a": {"source": folder, "submodels": ["g0", "g1", "g2"]}},
+            "aggregator": {"events": {"thresholds": {"yes": 0.9, "_silence_": 0.5, "maybe": 0.5}}},
+        }
+    )
+    assert check_site(cfg, manifest(None)).problems == [
+        "aggregator.events.thresholds._silence_: a background class of the bundle: it never "
+        "fires (classes that fire: ['yes', 'no'])",
+        "aggregator.events.thresholds.maybe: not a class of the bundle (classes that fire: "
+        "['yes', 'no'])",
+    ]
+    with pytest.raises(ValidationError, match="less than or equal to 1"):
+        SiteConfig.model_validate(
+            {"site": "lab", "aggregator": {"events": {"thresholds": {"x": 2}}}}
+        )

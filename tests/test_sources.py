@@ -29,6 +29,7 @@ from edge_node.sources import (
     MicrophoneSource,
     MissingLibraryError,
     PicameraSource,
+    RecordingSource,
     RelaySource,
     Sample,
     SourceError,
@@ -545,11 +546,82 @@ def test_picamera_errors_say_what_to_do(picamera2: Any) -> None:
     assert "edvit[pi-camera]" in message
 
 
+# --------------------------------------------------------------------------- recording
+
+
+BURSTS = ((2.0, 2.2), (4.6, 4.7))  # seconds into a 5 s recording; the second wraps round
+
+
+def write_recording(path: Path, rate: int) -> None:
+    """5 s of silence with a 1 kHz tone burst in each span of BURSTS."""
+    t = np.arange(5 * rate) / rate
+    wave = np.zeros_like(t)
+    for start, end in BURSTS:
+        on = (t >= start) & (t < end)
+        wave[on] = 0.5 * np.sin(2 * np.pi * 1000 * t[on])
+    sf.write(path, np.stack([wave, wave], axis=1), rate, subtype="FLOAT")
+
+
+def loud_span(data: np.ndarray, rate: int) -> tuple[float, float] | None:
+    """First and last loud instant of a window, in seconds from its start."""
+    loud = np.flatnonzero(np.abs(data) > 0.25)
+    return None if not len(loud) else (loud[0] / rate, loud[-1] / rate)
+
+
+def test_recording_tick_hears_the_window_ending_at_its_time(tmp_path: Path) -> None:
+    write_recording(tmp_path / "long.wav", 8000)  # resampled to the bundle's 16 kHz
+    rate, period = 16000, 0.25
+    with RecordingSource(
+        tmp_path / "long.wav", sample_rate=rate, clip_samples=rate, period_s=period
+    ) as src:
+        assert src.duration_s == 5.0
+        heard = {}
+        for k in range(20):  # one loop of the file: 1 s windows every 0.25 s
+            sample = src.read(k)
+            assert sample is not None
+            assert sample.data.shape == (rate,)
+            assert sample.data.dtype == np.float32
+            assert sample.item == f"long.wav@{k * period:.3f}"
+            heard[k] = loud_span(sample.data, rate)
+        # the first burst (2.0-2.2 s) is whole in the windows ending at 2.25 … 3.0 s
+        for k in (9, 10, 11, 12):
+            span = heard[k]
+            assert span is not None
+            assert span[0] == pytest.approx(2.0 - (k * period - 1), abs=0.003)
+            assert span[1] - span[0] == pytest.approx(0.2, abs=0.003)
+        # the second (4.6-4.7 s) is heard across the loop point, 0.1 s into [-0.5, 0.5]
+        assert heard[2] == pytest.approx((0.1, 0.2), abs=0.003)
+        assert heard[0] == pytest.approx((0.6, 0.7), abs=0.003)  # [4, 5]
+        assert heard[19] == pytest.approx((0.85, 0.95), abs=0.003)  # [3.75, 4.75]
+        silent = [k for k, span in heard.items() if span is None]
+        assert silent == [3, 4, 5, 6, 7, 8, 13, 14, 15, 16, 17, 18]  # the others: no burst
+        # a tick a day later hears what the tick of the same phase heard
+        later = src.read(10 + 20 * 4 * 3600 * 24)
+        again = src.read(10)
+        assert later is not None
+        assert again is not None
+        np.testing.assert_array_equal(later.data, again.data)
+
+
+def test_recording_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="no such sound file"):
+        RecordingSource(tmp_path / "x.wav", sample_rate=16000, clip_samples=100, period_s=1).open()
+    (tmp_path / "bad.wav").write_bytes(b"RIFF....WAVEjunk")
+    with pytest.raises(SourceError, match=r"bad\.wav: not a readable sound file"):
+        RecordingSource(
+            tmp_path / "bad.wav", sample_rate=16000, clip_samples=100, period_s=1
+        ).open()
+
+
 # --------------------------------------------------------------------------- factory
 
 
 IMAGE = ImagePreprocess(height=8, width=8)
 AUDIO = AudioPreprocess(sample_rate=8000, clip_seconds=0.5)
+
+
+def build(cfg: site.SourceConfig, spec: ImagePreprocess | AudioPreprocess) -> Any:
+    return build_source(cfg, spec, period_s=0.25)
 
 
 def test_build_source_builds_each_kind_from_its_config(tmp_path: Path) -> None:
@@ -560,66 +632,69 @@ def test_build_source_builds_each_kind_from_its_config(tmp_path: Path) -> None:
         site.VideoSourceConfig(kind="video", path=str(tmp_path / "clip.mp4")),
         site.ImagesSourceConfig(kind="images", folder=str(tmp_path / "imgs"), pattern="*.png"),
         site.WavSourceConfig(kind="wav", folder=str(tmp_path / "sounds")),
+        site.RecordingSourceConfig(kind="recording", path=str(tmp_path / "long.wav")),
         site.RelaySourceConfig(kind="relay", camera="cam-1"),
     ]
     assert sorted(c.kind for c in configs) == sorted(SOURCES)
     for cfg in configs:
-        src = build_source(cfg, AUDIO if SOURCES[cfg.kind].delivers == "audio" else IMAGE)
+        src = build(cfg, AUDIO if SOURCES[cfg.kind].delivers == "audio" else IMAGE)
         assert type(src) is SOURCES[cfg.kind]
         assert src.kind == cfg.kind
 
-    cam = build_source(site.CameraSourceConfig(kind="camera", device="0", width=640), IMAGE)
+    cam = build(site.CameraSourceConfig(kind="camera", device="0", width=640), IMAGE)
     assert isinstance(cam, CameraSource)
     assert (cam.device, cam.width, cam.height, cam.fps) == (0, 640, None, None)
     assert not cam.is_file
-    file_cam = build_source(
-        site.CameraSourceConfig(kind="camera", device=str(tmp_path / "c.avi")), IMAGE
-    )
+    file_cam = build(site.CameraSourceConfig(kind="camera", device=str(tmp_path / "c.avi")), IMAGE)
     assert isinstance(file_cam, CameraSource)
     assert file_cam.is_file
     assert file_cam.pace
-    url_cam = build_source(
-        site.CameraSourceConfig(kind="camera", device="rtsp://cam.local/s"), IMAGE
-    )
+    url_cam = build(site.CameraSourceConfig(kind="camera", device="rtsp://cam.local/s"), IMAGE)
     assert isinstance(url_cam, CameraSource)
     assert url_cam.device == "rtsp://cam.local/s"
     assert not url_cam.pace
 
     # the config's defaults are the sources' defaults
     write_png(tmp_path / "imgs" / "a.png", np.zeros((4, 4, 3), np.uint8))
-    images = build_source(
-        site.ImagesSourceConfig(kind="images", folder=str(tmp_path / "imgs")), IMAGE
-    )
+    images = build(site.ImagesSourceConfig(kind="images", folder=str(tmp_path / "imgs")), IMAGE)
     assert isinstance(images, ImagesSource)
     assert (images.folder, images.pattern) == (tmp_path / "imgs", "*")
     with images:
         assert images.items == ["a.png"]
         assert images.read(0) is not None
-    relay = build_source(site.RelaySourceConfig(kind="relay", camera="door-cam"), IMAGE)
+    relay = build(site.RelaySourceConfig(kind="relay", camera="door-cam"), IMAGE)
     assert isinstance(relay, RelaySource)
     assert (relay.camera, relay.wait) == ("door-cam", 0.2)
-    mic = build_source(site.MicrophoneSourceConfig(kind="microphone"), AUDIO)
+    mic = build(site.MicrophoneSourceConfig(kind="microphone"), AUDIO)
     assert isinstance(mic, MicrophoneSource)
     assert (mic.device, mic.sample_rate, mic.clip_samples) == (None, 8000, 4000)
-    wav = build_source(site.WavSourceConfig(kind="wav", folder=str(tmp_path)), AUDIO)
+    wav = build(site.WavSourceConfig(kind="wav", folder=str(tmp_path)), AUDIO)
     assert isinstance(wav, WavSource)
     assert (wav.pattern, wav.sample_rate, wav.clip_samples) == ("**/*", 8000, 4000)
+    rec = build(site.RecordingSourceConfig(kind="recording", path=str(tmp_path / "a.wav")), AUDIO)
+    assert isinstance(rec, RecordingSource)
+    assert (rec.path, rec.sample_rate, rec.clip_samples, rec.period_s) == (
+        tmp_path / "a.wav",
+        8000,
+        4000,
+        0.25,
+    )
 
 
 def test_build_source_refuses_a_source_the_model_cannot_take() -> None:
     with pytest.raises(
         SourceError,
         match=r"model takes audio; a 'camera' source delivers images "
-        r"\(use one of \['microphone', 'wav'\]\)",
+        r"\(use one of \['microphone', 'recording', 'wav'\]\)",
     ):
-        build_source(site.CameraSourceConfig(kind="camera", device=0), AUDIO)
+        build(site.CameraSourceConfig(kind="camera", device=0), AUDIO)
     with pytest.raises(
         SourceError,
         match=r"model takes images; a 'wav' source delivers audio "
         r"\(use one of \['camera', 'images', 'picamera', 'relay', 'video'\]\)",
     ):
-        build_source(site.WavSourceConfig(kind="wav", folder="x"), IMAGE)
+        build(site.WavSourceConfig(kind="wav", folder="x"), IMAGE)
     with pytest.raises(SourceError, match="model takes images; a 'microphone' source"):
-        build_source(site.MicrophoneSourceConfig(kind="microphone"), IMAGE)
+        build(site.MicrophoneSourceConfig(kind="microphone"), IMAGE)
     with pytest.raises(SourceError, match="model takes audio; a 'relay' source"):
-        build_source(site.RelaySourceConfig(kind="relay", camera="cam-1"), AUDIO)
+        build(site.RelaySourceConfig(kind="relay", camera="cam-1"), AUDIO)

@@ -15,14 +15,15 @@ should exit non-zero so that systemd restarts it). Live sources hold only the ne
 
 Replay sources (`images`, `wav`, `video`) map tick k to item k mod M, so nodes started
 independently agree on what tick k shows, and `Sample.item` names the item (ground truth
-for tests and the demo).
+for tests and the demo); `recording` plays one long sound file as a stream, tick k hearing
+the window that ends k·period_s into it (`file@seconds`).
 
 One module per concern: `base` (the interface, Sample, counters, the audio ring), `grab`
 (the newest-frame grab thread of live cameras), `camera` (OpenCV), `picamera` (picamera2),
-`microphone`, `replay` (files), `relay`, `jpeg`, and `build` (a source from its site config
-model). OpenCV is imported at module level (every node needs it for images or JPEG relay);
-sounddevice, librosa and picamera2 only where used, so an image node never loads PortAudio or
-numba.
+`microphone`, `replay` (files), `recording` (a long sound file as a stream), `relay`,
+`jpeg`, and `build` (a source from its site config model). OpenCV is imported at module
+level (every node needs it for images or JPEG relay); sounddevice, librosa and picamera2
+only where used, so an image node never loads PortAudio or numba.
 """
 
 from edge_node.sources.base import (
@@ -39,6 +40,7 @@ from edge_node.sources.grab import GrabSource
 from edge_node.sources.jpeg import decode_jpeg, encode_jpeg
 from edge_node.sources.microphone import MicrophoneSource
 from edge_node.sources.picamera import PicameraSource
+from edge_node.sources.recording import RecordingSource
 from edge_node.sources.relay import RelaySource
 from edge_node.sources.replay import (
     FolderSource,
@@ -59,6 +61,7 @@ __all__ = [
     "MicrophoneSource",
     "MissingLibraryError",
     "PicameraSource",
+    "RecordingSource",
     "RelaySource",
     "ReplaySource",
     "Sample",

@@ -12,6 +12,7 @@ from edge_node.sources.base import Source, SourceError
 from edge_node.sources.camera import CameraSource
 from edge_node.sources.microphone import MicrophoneSource
 from edge_node.sources.picamera import PicameraSource
+from edge_node.sources.recording import RecordingSource
 from edge_node.sources.relay import RelaySource
 from edge_node.sources.replay import ImagesSource, VideoSource, WavSource
 from edvit.config.site import (
@@ -19,6 +20,7 @@ from edvit.config.site import (
     ImagesSourceConfig,
     MicrophoneSourceConfig,
     PicameraSourceConfig,
+    RecordingSourceConfig,
     RelaySourceConfig,
     SourceConfig,
     VideoSourceConfig,
@@ -35,6 +37,7 @@ SOURCES: dict[str, type[Source]] = {
         VideoSource,
         ImagesSource,
         WavSource,
+        RecordingSource,
         RelaySource,
     )
 }
@@ -47,6 +50,7 @@ SOURCE_KEYS: dict[str, str] = {
     "video": "path",
     "images": "folder",
     "wav": "folder",
+    "recording": "path",
     "relay": "camera",
 }
 """The config key naming what each kind opens: where an open failure points the user."""
@@ -57,9 +61,12 @@ def source_key(node_id: str, cfg: SourceConfig) -> str:
     return f"nodes.{node_id}.source.{SOURCE_KEYS[cfg.kind]}"
 
 
-def build_source(cfg: SourceConfig, spec: ImagePreprocess | AudioPreprocess) -> Source:
-    """The source `cfg` describes, for a bundle preprocessing with `spec` (not opened yet);
-    SourceError for a camera on an audio model or a microphone on an image model."""
+def build_source(
+    cfg: SourceConfig, spec: ImagePreprocess | AudioPreprocess, *, period_s: float
+) -> Source:
+    """The source `cfg` describes, for a bundle preprocessing with `spec` and a site ticking
+    every `period_s` (not opened yet); SourceError for a camera on an audio model or a
+    microphone on an image model."""
     match cfg, spec:
         case CameraSourceConfig(), ImagePreprocess():
             return CameraSource(cfg.device, width=cfg.width, height=cfg.height, fps=cfg.fps)
@@ -81,6 +88,13 @@ def build_source(cfg: SourceConfig, spec: ImagePreprocess | AudioPreprocess) -> 
                 sample_rate=spec.sample_rate,
                 clip_samples=spec.clip_samples,
                 pattern=cfg.pattern,
+            )
+        case RecordingSourceConfig(), AudioPreprocess():
+            return RecordingSource(
+                cfg.path,
+                sample_rate=spec.sample_rate,
+                clip_samples=spec.clip_samples,
+                period_s=period_s,
             )
     wants = "audio" if isinstance(spec, AudioPreprocess) else "images"
     fitting = sorted(kind for kind, cls in SOURCES.items() if cls.delivers == wants)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from edvit.config.base import StrictModel
 
@@ -82,6 +82,23 @@ class _DatasetBase(StrictModel):
     split: SplitSpec = Field(
         default_factory=SplitSpec, description="How samples divide into train/val/test."
     )
+    background_classes: list[str] = Field(
+        default_factory=list,
+        description="Classes that mean 'nothing to report' (_silence_, _unknown_, "
+        "_background_): trained, grouped and fused like any class, recorded in the "
+        "manifest, and never an event. Each must be one of the dataset's classes.",
+    )
+
+    @field_validator("background_classes")
+    @classmethod
+    def _known_background(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError(f"a class appears more than once in {names}")
+        # without `classes`, the dataset's own ones: `modelgen build` checks once loaded
+        classes = info.data.get("classes")
+        if classes is not None and (unknown := [c for c in names if c not in classes]):
+            raise ValueError(f"{unknown} are not in classes {classes}")
+        return names
 
     @field_validator("classes")
     @classmethod

@@ -10,6 +10,7 @@ from enum import StrEnum
 
 from pydantic import Field, model_validator
 
+from edvit.bundle import DEFAULT_PATIENCE, DEFAULT_REFRACTORY_S, DEFAULT_THRESHOLD
 from edvit.config.base import StrictModel
 from edvit.config.dataset import DatasetSpec
 from edvit.preprocess import PreprocessSpec
@@ -116,6 +117,38 @@ class FusionSpec(StrictModel):
     weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay.")
 
 
+class EventsSpec(StrictModel):
+    """The event rules written to the manifest (the site config may override each)."""
+
+    target_far: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="Per class, the threshold is the lowest fused top-1 score at which at "
+        "most this share of the validation samples of the other classes (background ones "
+        "included) would count as that class.",
+    )
+    min_threshold: float = Field(
+        default=DEFAULT_THRESHOLD,
+        ge=0,
+        le=1,
+        description="No calibrated threshold is lower than this (a class the validation "
+        "data never confuses with another gives no evidence for less).",
+    )
+    patience: int = Field(
+        default=DEFAULT_PATIENCE,
+        ge=1,
+        description="Consecutive complete ticks with the class on top and above its "
+        "threshold before the event fires.",
+    )
+    refractory_s: float = Field(
+        default=DEFAULT_REFRACTORY_S,
+        ge=0,
+        description="A run of a class starting within this many seconds after the end of its "
+        "last event's run fires nothing.",
+    )
+
+
 class Recipe(StrictModel):
     name: str = Field(description="A short name for the bundle, shown in reports.")
     seed: int = Field(default=0, description="Seeds every random choice of the build.")
@@ -133,6 +166,10 @@ class Recipe(StrictModel):
     pruning: PruneSpec = Field(default_factory=PruneSpec, description="Sub-model initialisation.")
     distill: DistillSpec = Field(description="Sub-model training from the base model.")
     fusion: FusionSpec = Field(default_factory=FusionSpec, description="The fusion MLP.")
+    events: EventsSpec = Field(
+        default_factory=EventsSpec,
+        description="Event thresholds (calibrated), patience, refractory time.",
+    )
     threads: int = Field(default=2, ge=1, description="CPU threads torch may use.")
     device: str = Field(
         default="auto",

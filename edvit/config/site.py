@@ -181,6 +181,35 @@ class HomeAssistantConfig(StrictModel):
     )
 
 
+class EventsConfig(StrictModel):
+    """Events (edvit/<site>/event) and counts (edvit/<site>/count/<label>); each value given
+    replaces the bundle's (thresholds calibrated by `modelgen build`)."""
+
+    enabled: bool = Field(
+        default=True, description="Publish events and counts (false: results only)."
+    )
+    thresholds: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict,
+        description="Class name → the lowest fused top-1 score that counts towards an event "
+        "of it; classes not listed keep the bundle's threshold. Background classes never "
+        "fire and cannot be listed.",
+    )
+    patience: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Consecutive complete ticks a class must be on top and above its "
+        "threshold before its event fires; null: the bundle's.",
+    )
+    refractory_s: float | None = Field(
+        default=None,
+        ge=0,
+        le=86400,
+        description="Seconds after the end of an event's run during which a new run of that "
+        "class fires nothing (debounce); null: the bundle's.",
+    )
+
+
 class AggregatorConfig(StrictModel):
     """Limits and outputs of the aggregator."""
 
@@ -215,6 +244,9 @@ class AggregatorConfig(StrictModel):
     )
     home_assistant: HomeAssistantConfig = Field(
         default_factory=HomeAssistantConfig, description="Home Assistant discovery."
+    )
+    events: EventsConfig = Field(
+        default_factory=EventsConfig, description="Events and counts from the results."
     )
     mqtt_user: Id = Field(
         default="aggregator",
@@ -318,6 +350,17 @@ class WavSourceConfig(_FolderSourceConfig):
     pattern: str = _pattern("**/*", media.SOUND_EXTENSIONS)
 
 
+class RecordingSourceConfig(StrictModel):
+    """A long sound file played as a stream: tick k hears the window (the bundle's clip
+    length) that ends k·tick.period_s into the recording, looping at its end; a period
+    shorter than the clip gives overlapping windows, so a word falls whole in one."""
+
+    kind: Literal["recording"] = Field(description="Selects a long sound file as a stream.")
+    path: str = Field(
+        min_length=1, description="The sound file (WAV, FLAC, OGG); relative to this config."
+    )
+
+
 class RelaySourceConfig(StrictModel):
     """The frames another (camera) node publishes: the paper's one camera, many devices."""
 
@@ -339,6 +382,7 @@ SourceConfig = Annotated[
     | VideoSourceConfig
     | ImagesSourceConfig
     | WavSourceConfig
+    | RecordingSourceConfig
     | RelaySourceConfig,
     Field(discriminator="kind"),
 ]
@@ -647,6 +691,15 @@ def site_problems(cfg: SiteConfig, manifest: Manifest) -> list[str]:
             node_submodels(cfg, node_id, manifest)
         except ConfigError as exc:
             problems.extend(exc.problems)
+    firing = manifest.event_classes
+    for label in cfg.aggregator.events.thresholds:
+        if label not in firing:
+            why = "a background class of the bundle: it never fires"
+            if label not in manifest.classes:
+                why = "not a class of the bundle"
+            problems.append(
+                f"aggregator.events.thresholds.{label}: {why} (classes that fire: {firing})"
+            )
     return problems
 
 
@@ -726,7 +779,7 @@ def _source_problems(node_id: str, source: SourceConfig) -> list[str]:
     key = f"nodes.{node_id}.source"
     if (source.kind == "images" or source.kind == "wav") and not Path(source.folder).is_dir():
         return [f"{key}.folder: {source.folder}: no such folder"]
-    if source.kind == "video" and not Path(source.path).is_file():
+    if (source.kind == "video" or source.kind == "recording") and not Path(source.path).is_file():
         return [f"{key}.path: {source.path}: no such file"]
     if source.kind == "camera":
         device = source.device
