@@ -128,12 +128,12 @@ def test_label_sensor_does_not_flood_the_recorder(
 
 def test_event_entity_and_count_sensors(messages: list[tuple[str, dict[str, Any]]]) -> None:
     by_topic = dict(messages)
-    event = by_topic["homeassistant/event/home_edvit_detection/config"]
+    event = by_topic["homeassistant/event/edvit_home/home_edvit_detection/config"]
     assert event["state_topic"] == "edvit/home/event"
     assert event["event_types"] == ["stop", "go"]  # the payload's event_type is the label
     [avail] = event["availability"]
     assert avail["topic"] == "edvit/home/aggregator/status"
-    stop = by_topic["homeassistant/sensor/home_edvit_count_stop/config"]
+    stop = by_topic["homeassistant/sensor/edvit_home/home_edvit_count_stop/config"]
     assert stop["state_topic"] == stop["json_attributes_topic"] == "edvit/home/count/stop"
     assert stop["value_template"] == "{{ value_json.last_minute }}"
     for window in ("last_hour", "since_start"):
@@ -150,5 +150,5 @@ def test_disabled_discovery_clears_the_same_topics(tmp_path: Path) -> None:
 
 def test_disabled_events_clear_their_entities(tmp_path: Path) -> None:
     messages = discovery_messages(_site(tmp_path, enabled=True, events=False), MANIFEST)
-    cleared = sorted(t.split("/")[2] for t, payload in messages if payload is None)
+    cleared = sorted(t.split("/")[3] for t, payload in messages if payload is None)
     assert cleared == ["home_edvit_count_go", "home_edvit_count_stop", "home_edvit_detection"]
