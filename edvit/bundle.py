@@ -206,15 +206,10 @@ DEFAULT_REFRACTORY_S = 1.0
 Score = Annotated[float, Field(ge=0, le=1)]
 
 
-class EventsEntry(StrictModel):
-    """How the aggregator turns fused results into events (site config may override each)."""
+class EventTiming(StrictModel):
+    """How long a class must last to fire, and how long after it may fire again: the rules
+    a recipe writes to the manifest as they are."""
 
-    thresholds: dict[str, Score] = Field(
-        default_factory=dict,
-        description="Class name → the lowest fused top-1 score that counts towards an event, "
-        f"calibrated by `modelgen build` for target_far; classes not listed use "
-        f"{DEFAULT_THRESHOLD}.",
-    )
     patience: int = Field(
         default=DEFAULT_PATIENCE,
         ge=1,
@@ -226,6 +221,17 @@ class EventsEntry(StrictModel):
         ge=0,
         description="A run of a class that starts within this many seconds after the end of "
         "its last event's run fires no new event.",
+    )
+
+
+class EventsEntry(EventTiming):
+    """How the aggregator turns fused results into events (site config may override each)."""
+
+    thresholds: dict[str, Score] = Field(
+        default_factory=dict,
+        description="Class name → the lowest fused top-1 score that counts towards an event, "
+        f"calibrated by `modelgen build` for target_far; classes not listed use "
+        f"{DEFAULT_THRESHOLD}.",
     )
     target_far: float | None = Field(
         default=None,

@@ -452,7 +452,7 @@ def test_status_and_home_assistant_discovery(
     assert avail["topic"] == topic("status")
     assert "value_json.tick" not in cfg["json_attributes_template"]  # no row per tick
     event = fresh.wait_for(
-        lambda m: m.topic == f"homeassistant/event/{SITE}_edvit_detection/config"
+        lambda m: m.topic == f"homeassistant/event/edvit_{SITE}/{SITE}_edvit_detection/config"
     )
     assert event.retain
     detection = json.loads(event.payload)

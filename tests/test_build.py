@@ -286,7 +286,7 @@ def test_audio_build_on_generated_keywords(tmp_path: Path) -> None:
     node = ("edge-node", "run", "--bundle", str(out), "--node", "mic", "--config", str(site))
     missing = run(*node, "--validate-config", check=False)
     assert missing.returncode == 2
-    assert f"nodes.mic.source: {tmp_path / 'long.wav'}: no such sound file" in missing.stderr
+    assert f"nodes.mic.source.path: {tmp_path / 'long.wav'}: no such sound file" in missing.stderr
     clips = [media.read_wav(tmp_path / "s" / i["file"], 16000) for i in labels["items"]]
     media.write_wav(tmp_path / "long.wav", np.concatenate(clips), 16000)
     assert run(*node, "--validate-config").returncode == 0

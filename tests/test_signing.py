@@ -244,8 +244,15 @@ def resigned(built: Built, bundle_dir: Path) -> None:
 
 
 def manifest_edited(built: Built, bundle_dir: Path) -> None:
-    def rename(data: dict[str, Any]) -> None:
+    def rename(data: dict[str, Any]) -> None:  # consistently: the manifest itself is valid
+        old = data["classes"][0]
         data["classes"][0] = "edited"
+        thresholds = data.get("events", {}).get("thresholds", {})
+        if old in thresholds:
+            thresholds["edited"] = thresholds.pop(old)
+        data["background_classes"] = [
+            "edited" if c == old else c for c in data.get("background_classes", [])
+        ]
 
     _rewrite_manifest(bundle_dir, rename)
 

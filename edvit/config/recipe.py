@@ -10,7 +10,7 @@ from enum import StrEnum
 
 from pydantic import Field, model_validator
 
-from edvit.bundle import DEFAULT_PATIENCE, DEFAULT_REFRACTORY_S, DEFAULT_THRESHOLD
+from edvit.bundle import DEFAULT_THRESHOLD, EventTiming
 from edvit.config.base import StrictModel
 from edvit.config.dataset import DatasetSpec
 from edvit.preprocess import PreprocessSpec
@@ -117,7 +117,7 @@ class FusionSpec(StrictModel):
     weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay.")
 
 
-class EventsSpec(StrictModel):
+class EventsSpec(EventTiming):
     """The event rules written to the manifest (the site config may override each)."""
 
     target_far: float = Field(
@@ -134,18 +134,6 @@ class EventsSpec(StrictModel):
         le=1,
         description="No calibrated threshold is lower than this (a class the validation "
         "data never confuses with another gives no evidence for less).",
-    )
-    patience: int = Field(
-        default=DEFAULT_PATIENCE,
-        ge=1,
-        description="Consecutive complete ticks with the class on top and above its "
-        "threshold before the event fires.",
-    )
-    refractory_s: float = Field(
-        default=DEFAULT_REFRACTORY_S,
-        ge=0,
-        description="A run of a class starting within this many seconds after the end of its "
-        "last event's run fires nothing.",
     )
 
 
