@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import multiprocessing
 import queue
 import subprocess
 import sys
@@ -54,7 +55,10 @@ ROOT = Path(__file__).resolve().parent.parent
 N, DIM, CLASSES = 10, 128, 10
 SITE = "bench"
 NODE = "bench-node"
-SWEEP_KEYS = ("rate_hz", "ticks_sent", "complete", "partial", "no_result", "messages_shed")
+SWEEP_KEYS = (
+    "rate_hz", "ticks_sent", "complete", "partial", "no_result", "messages_shed",
+    "messages_late", "unaccounted",
+)  # fmt: skip
 
 
 def make_bundle(out: Path) -> Path:
@@ -190,6 +194,7 @@ def run_rate(
         answered = {r["tick"] for _, r in results if r["tick"] in sent}
         dropped = stats.get("dropped") or {}
         shed = dropped.get("queue_full", 0)
+        late = stats.get("late", 0)
         return {
             "rate_hz": rate,
             "ticks_sent": len(sent),
@@ -200,8 +205,11 @@ def run_rate(
             "no_result": len(sent) - len(answered),
             "messages_shed": shed,
             "messages_dropped": dropped,
-            # a tick without a result must have had all N messages dropped under a reason
-            "unaccounted": max(0, len(sent) - len(answered) - sum(dropped.values()) // N),
+            # a tick without a result must have had all N messages dropped under a reason,
+            # or counted late: arrived after its deadline, which an aggregator behind by more
+            # than deadline_s passed without having seen the tick
+            "messages_late": late,
+            "unaccounted": max(0, len(sent) - len(answered) - (sum(dropped.values()) + late) // N),
             "publisher_behind_s": behind,
             "overhead_ms": stats.get("overhead_ms"),
             "end_to_end_ms": {
@@ -214,6 +222,30 @@ def run_rate(
         probe.close()
         agg.terminate()
         agg.wait(10)
+
+
+def _count(host: str, port: int, ready: Any, out: Any) -> None:
+    """Subscriber process: count `bench/capacity` messages until 2 s pass without one; put
+    (count, seconds from the first to the last)."""
+    arrivals: queue.Queue[float] = queue.Queue()
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-capacity-count")
+    client.on_socket_open = no_delay
+    client.on_connect = lambda c, *a: c.subscribe("bench/capacity", 1)
+    client.on_subscribe = lambda *a: ready.set()
+    client.on_message = lambda c, u, m: arrivals.put(time.monotonic())
+    client.connect(host, port)
+    client.loop_start()
+    first = last = arrivals.get(timeout=60)
+    count = 1
+    while True:
+        try:
+            last = arrivals.get(timeout=2.0)
+        except queue.Empty:
+            break
+        count += 1
+    client.disconnect()
+    client.loop_stop()
+    out.put((count, last - first))
 
 
 def broker_capacity(broker: Mosquitto, seconds: float, size: int) -> dict[str, Any]:
@@ -243,21 +275,24 @@ def broker_capacity(broker: Mosquitto, seconds: float, size: int) -> dict[str, A
             pub.publish("bench/capacity", payload, qos=1)
             rtt.append((got.get(timeout=5) - sent) * 1e3)
             time.sleep(max(0.0, 1 / 30 - (time.monotonic() - sent)))
-        received = 0
+        sub.disconnect()  # the flat-out rate is counted in a process of its own: one
+        sub.loop_stop()  # Python process publishing and receiving measures its own GIL
+        ctx = multiprocessing.get_context("spawn")
+        counted: multiprocessing.Queue[tuple[int, float]] = ctx.Queue()
+        ready = ctx.Event()
+        counter = ctx.Process(target=_count, args=(broker.host, broker.port, ready, counted))
+        counter.start()
+        if not ready.wait(30):
+            raise RuntimeError("the counting subscriber could not subscribe")
         start = time.monotonic()
         while time.monotonic() - start < seconds:
             for _ in range(100):
                 pub.publish("bench/capacity", payload, qos=1)
-            while not got.empty():
-                got.get_nowait()
-                received += 1
-        time.sleep(0.5)
-        while not got.empty():
-            got.get_nowait()
-            received += 1
+        received, span = counted.get(timeout=120)
+        counter.join(10)
         return {
             "message_bytes": size,
-            "qos1_messages_per_s": received / (time.monotonic() - start),
+            "qos1_messages_per_s": (received - 1) / span,
             "round_trip_ms": {
                 "p50": float(np.percentile(rtt, 50)),
                 "p99": float(np.percentile(rtt, 99)),
