@@ -369,6 +369,23 @@ def test_sigterm_stops_cleanly_and_sigkill_leaves_offline(
     sub.close()
 
 
+@pytest.mark.slow
+def test_two_processes_with_one_node_id_both_exit_4(
+    data: Data, mosquitto: Mosquitto, tmp_path: Path, nodes: list[Node]
+) -> None:
+    """A copied SD card: two `edge-node run --node cam` take each other's session over;
+    both say so and exit 4 (which the units do not restart) instead of flapping for ever."""
+    config = site_config(
+        tmp_path / "site.yaml", {"cam": {"source": images(data), "submodels": ["g0"]}}
+    )
+    twins = [Node(data, mosquitto, config, "cam") for _ in range(2)]
+    nodes.extend(twins)
+    for twin in twins:
+        assert twin.wait(60) == 4, twin.err()[-2000:]
+        assert "another process uses the login 'cam'" in twin.err()
+        assert "Traceback" not in twin.err()
+
+
 def test_overrun_skips_and_counts_ticks(
     data: Data, mosquitto: Mosquitto, tmp_path: Path, nodes: list[Node]
 ) -> None:
