@@ -2,7 +2,8 @@
 
 For each dataset (digits, keywords) and N ∈ {1, 2, 3, 5, 10}: base, fused and averaged-
 softmax accuracy, fused accuracy with one sub-model dropped (on the other groups' classes),
-per-sub-model size and ONNX latency ratios to the base model, build wall time, and the
+per-sub-model size and ONNX latency ratios to the base model, build wall time (the builds
+are `modelgen sweep`'s, into bench/.work/<dataset>/, with its sweep.json), and the
 baseline a user would pick instead: one model of the N-th sub-model's size, pruned from the
 same base and distilled on all classes. At N = 5 it also compares pruning (KL vs magnitude vs
 random init) and grouping (confusion vs contiguous); `--grouping-seeds` repeats the grouping
@@ -28,6 +29,7 @@ from edvit.config.recipe import Grouping, PruneMethod, Recipe
 from modelgen.build import Workspace, build, open_workspace, prepare, train_submodel
 from modelgen.evaluate import evaluate_bundle
 from modelgen.planning.plan import submodel_plan
+from modelgen.sweep import run_sweep, with_n
 from modelgen.train import accuracy, predict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,10 +52,6 @@ def _ensure_keywords(recipe: Recipe, recipe_dir: Path) -> None:
         generate_keywords(root, per_word=300, seed=0)
     if not OTHER_KEYWORDS.is_dir():
         generate_keywords(OTHER_KEYWORDS, per_word=100, seed=1)
-
-
-def _with(recipe: Recipe, **plan: Any) -> Recipe:
-    return recipe.model_copy(update={"plan": recipe.plan.model_copy(update=plan)})
 
 
 def _single(ws: Workspace, n: int, heads: int) -> dict[str, Any]:
@@ -125,10 +123,10 @@ def grouping_by_seed(name: str, seeds: list[int], log: Any, threads: int | None)
     for seed in seeds:
         row: dict[str, Any] = {"seed": seed}
         for grouping in Grouping:
-            r = _with(recipe, num_submodels=5, devices=None)
+            r = with_n(recipe, 5)
             r = r.model_copy(update={"seed": seed, "grouping": grouping})
             out = WORK / name / f"n5-{grouping.value}-seed{seed}"
-            metrics = build(r, recipe_dir, out, log, WORK / name / "cache").metrics
+            metrics = build(r, recipe_dir, out, log, WORK / name / ".cache").metrics
             row["base_acc"] = metrics["base_acc"]
             row[grouping.value] = metrics["fused_acc"]
         rows.append(row)
@@ -145,15 +143,14 @@ def run_dataset(name: str, ns: list[int], log: Any, threads: int | None = None) 
     recipe, recipe_dir = _load(name, threads)
     if name == "keywords":
         _ensure_keywords(recipe, recipe_dir)
-    cache = WORK / name / "cache"
+    cache = WORK / name / ".cache"  # run_sweep's: the base is trained once for every build
     result: dict[str, Any] = {"dataset": name, "recipe": f"config/modelgen/{name}.yaml", "rows": []}
     fresh = not cache.exists()
-    for n in ns:
-        out = WORK / name / f"n{n}"
-        start = time.perf_counter()
-        build(_with(recipe, num_submodels=n, devices=None), recipe_dir, out, log, cache)
-        row = _row(out, n, time.perf_counter() - start if fresh else None)
-        fresh = False
+    swept = run_sweep(recipe, recipe_dir, ns, WORK / name, log)
+    for i, built in enumerate(swept["rows"]):
+        n = built["n"]
+        out = WORK / name / built["bundle"]
+        row = _row(out, n, built["build_seconds"] if fresh and i == 0 else None)
         if name == "keywords":  # every clip of a corpus generated with another seed
             ev = evaluate_bundle(out, data=OTHER_KEYWORDS)
             row["other_corpus"] = {k: ev[k] for k in ("samples", "base_acc", "fused_acc")}
@@ -162,12 +159,11 @@ def run_dataset(name: str, ns: list[int], log: Any, threads: int | None = None) 
         row["fused_minus_single"] = row["fused_acc"] - row["single_model"]["acc"]
         row["fused_minus_base"] = row["fused_acc"] - row["base_acc"]
         result["rows"].append(row)
-        log(f"{name} N={n}: {json.dumps({k: row[k] for k in ('base_acc', 'fused_acc')})}")
 
     if 5 in ns:
         ablation: dict[str, Any] = {}
         for method in (PruneMethod.magnitude, PruneMethod.random_init):
-            r = _with(recipe, num_submodels=5, devices=None)
+            r = with_n(recipe, 5)
             r = r.model_copy(update={"pruning": r.pruning.model_copy(update={"method": method})})
             out = WORK / name / f"n5-{method.value}"
             build(r, recipe_dir, out, log, cache)
@@ -183,7 +179,7 @@ def run_dataset(name: str, ns: list[int], log: Any, threads: int | None = None) 
             "mean_group_acc": float(np.mean([s["group_acc"] for s in kl_m["per_submodel"]])),
         }
         other = Grouping.contiguous if recipe.grouping == Grouping.confusion else Grouping.confusion
-        r = _with(recipe, num_submodels=5, devices=None).model_copy(update={"grouping": other})
+        r = with_n(recipe, 5).model_copy(update={"grouping": other})
         out = WORK / name / f"n5-{other.value}"
         build(r, recipe_dir, out, log, cache)
         m = json.loads((out / "manifest.json").read_text())["metrics"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from edvit.bundle import BundleError
 from edvit.config import ConfigError, DevicesFile, load_config
+from edvit.config.recipe import Recipe
 from edvit.plan import Plan
 from edvit.signing import (
     SIGNATURE,
@@ -177,11 +178,33 @@ def _cmd_samples(args: argparse.Namespace) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from modelgen.report import write_report
+    from modelgen.report import write_report, write_sweep_report
+    from modelgen.sweep import SWEEP_FILE
 
     try:
-        print(write_report(args.bundle))
+        if (Path(args.bundle) / SWEEP_FILE).is_file():
+            print(write_sweep_report(args.bundle))
+        else:
+            print(write_report(args.bundle))
     except BundleError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from modelgen.build import BuildError
+    from modelgen.datasets import DatasetError
+    from modelgen.export import ExportError
+    from modelgen.report import write_sweep_report
+    from modelgen.sweep import run_sweep
+
+    path = Path(args.recipe)
+    try:
+        recipe = load_config(path, Recipe)
+        run_sweep(
+            recipe, path.parent, args.ns, Path(args.out), log=lambda m: print(m, file=sys.stderr)
+        )
+        print(write_sweep_report(args.out))
+    except (ConfigError, BuildError, DatasetError, ExportError, BundleError) as exc:
         raise CliError(str(exc)) from None
 
 
@@ -249,9 +272,19 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("--data", type=Path, help="every sample of another dataset instead")
     samples.set_defaults(func=_cmd_samples)
 
-    report = sub.add_parser("report", help="report.md and PNG plots into the bundle")
-    report.add_argument("bundle", help="bundle directory")
+    report = sub.add_parser(
+        "report", help="report.md and PNG plots into a bundle (or sweep.md into a sweep)"
+    )
+    report.add_argument("bundle", help="bundle directory, or a `modelgen sweep` directory")
     report.set_defaults(func=_cmd_report)
+
+    sweep = sub.add_parser(
+        "sweep", help="build and evaluate a recipe at several N (shared base): Fig. 3 of the paper"
+    )
+    sweep.add_argument("recipe", help="recipe YAML")
+    sweep.add_argument("--ns", nargs="+", type=_positive_int, default=[1, 2, 3, 5, 10])
+    sweep.add_argument("--out", required=True, help="directory: n<N>/ bundles, sweep.json")
+    sweep.set_defaults(func=_cmd_sweep)
 
     dataset = sub.add_parser("dataset", help="make a dataset")
     kinds = dataset.add_subparsers(dest="dataset", required=True)

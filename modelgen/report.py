@@ -1,19 +1,27 @@
-"""`modelgen report`: a bundle's measured results as markdown and PNG plots."""
+"""`modelgen report`: a bundle's measured results, or a sweep's (`modelgen sweep`), as
+markdown and PNG plots."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from edvit.bundle import load_bundle
+from modelgen.sweep import SWEEP_FILE
 
 
-def _bar(path: Path, labels: list[str], values: list[float], ylabel: str, title: str) -> None:
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _bar(path: Path, labels: list[str], values: list[float], ylabel: str, title: str) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.bar(labels, values, color="#4c72b0")
     ax.set_ylabel(ylabel)
@@ -83,5 +91,73 @@ def write_report(directory: str | Path) -> Path:
             f"{g['within_affinity']['confusion']:.3f}."
         )
     out = root / "report.md"
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def sweep_figure(rows: list[dict[str, Any]]) -> Any:
+    """Accuracy, the busiest device's latency and size against N; the base as a line."""
+    plt = _pyplot()
+    ns = [r["n"] for r in rows]
+    panels = [
+        ("test accuracy", "fused_acc", "base_acc"),
+        ("latency per device (ms, 1 thread)", "device_latency_ms", "base_latency_ms"),
+        ("size per device (MiB)", "device_size_mib", "base_size_mib"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for ax, (ylabel, key, base_key) in zip(axes, panels, strict=True):
+        ax.plot(ns, [r[key] for r in rows], "o-", label="sub-models (fused)")
+        ax.axhline(rows[0][base_key], color="k", linestyle="--", alpha=0.5, label="base")
+        ax.set_xlabel("N sub-models")
+        ax.set_ylabel(ylabel)
+        ax.set_xticks(ns)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(row: dict[str, Any]) -> Any:
+    """The fused model's confusion matrix of one bundle of a sweep."""
+    plt = _pyplot()
+    classes = row["classes"]
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    image = ax.imshow(row["confusion"], cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set_xlabel("fused prediction")
+    ax.set_ylabel("true class")
+    ax.set_title(f"N = {row['n']}: fused {100 * row['fused_acc']:.1f} %")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+
+
+def write_sweep_report(directory: str | Path) -> Path:
+    """`sweep.md`, `sweep.png` and `confusion-n<N>.png` from the sweep's own sweep.json."""
+    root = Path(directory)
+    sweep = json.loads((root / SWEEP_FILE).read_text())
+    rows = sorted(sweep["rows"], key=lambda r: r["n"])
+    _save(sweep_figure(rows), root / "sweep.png")
+    lines = [
+        f"# edvit sweep of `{sweep['recipe']}`",
+        "",
+        "| N | fused | base | avg softmax | ms / device | base ms | MiB / device | base MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        _save(confusion_figure(r), root / f"confusion-n{r['n']}.png")
+        lines.append(
+            f"| {r['n']} | {_pct(r['fused_acc'])} | {_pct(r['base_acc'])} | "
+            f"{_pct(r['avg_softmax_acc'])} | {r['device_latency_ms']:.2f} | "
+            f"{r['base_latency_ms']:.2f} | {r['device_size_mib']:.3f} | {r['base_size_mib']:.3f} |"
+        )
+    lines += ["", "![sweep](sweep.png)", ""]
+    lines += [f"![N = {r['n']}](confusion-n{r['n']}.png)" for r in rows]
+    out = root / "sweep.md"
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out
