@@ -38,7 +38,8 @@ CONF_DIR = PurePosixPath("/etc/mosquitto/edvit")  # where the broker host keeps 
 SECRET_MODE = 0o600
 HEADER_BYTES = 4096  # fixed header, topic and properties on top of the largest payload
 MAX_QUEUED_MESSAGES = 1000  # per client: a stalled subscriber cannot grow the broker
-QUEUED_PACKETS = 4  # … nor hold more than a few of the largest messages for it
+QUEUED_PACKETS = 4  # … nor hold more than a few of the largest messages for it,
+MIN_QUEUED_BYTES = 16 << 20  # but room for the queued messages at feature size
 MAX_INFLIGHT_MESSAGES = 20
 # mosquitto_passwd's format for mosquitto 2: PBKDF2-SHA512, 101 rounds, 12-byte salt.
 HASH_ROUNDS = 101
@@ -179,7 +180,7 @@ def broker_conf(
         "# refused unread and its sender disconnected.",
         f"max_packet_size {packet}",
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
-        f"max_queued_bytes {QUEUED_PACKETS * packet}",
+        f"max_queued_bytes {max(QUEUED_PACKETS * packet, MIN_QUEUED_BYTES)}",
         f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}",
         "# Small messages every tick: don't let Nagle hold them back.",
         "set_tcp_nodelay true",
