@@ -7,8 +7,9 @@ are `modelgen sweep`'s, into bench/.work/<dataset>/, with its sweep.json), and t
 baseline a user would pick instead: one model of the N-th sub-model's size, pruned from the
 same base and distilled on all classes. At N = 5 it also compares pruning (KL vs magnitude vs
 random init) and grouping (confusion vs contiguous); `--grouping-seeds` repeats the grouping
-comparison over training seeds. Keyword bundles are also evaluated on a second corpus
-(`modelgen dataset keywords --seed 1`). Run on purpose, not in the tests:
+comparison over training seeds. Keyword bundles are also evaluated on the voices held out of
+training (`modelgen dataset keywords` writes them beside the training corpus): unseen
+espeak-ng voices, and Festival, an unseen engine. Run on purpose, not in the tests:
 
     .venv/bin/python bench/accuracy.py [--datasets digits keywords] [--ns 1 2 3 5 10]
     .venv/bin/python bench/accuracy.py --grouping-seeds 0 1 2
@@ -41,17 +42,14 @@ def _recipe(name: str) -> tuple[Recipe, Path]:
     return load_config(path, Recipe), path.parent
 
 
-OTHER_KEYWORDS = ROOT / "data" / "keywords-seed1"  # other voices/noise draws: a second corpus
-
-
-def _ensure_keywords(recipe: Recipe, recipe_dir: Path) -> None:
-    from modelgen.datasets.keywords import generate_keywords
+def _ensure_keywords(recipe: Recipe, recipe_dir: Path) -> dict[str, Path]:
+    """The held-out corpora of the recipe's keyword dataset (made first if missing)."""
+    from modelgen.datasets.keywords import corpus_dirs, generate_keywords
 
     root = (recipe_dir / str(getattr(recipe.dataset, "root", ""))).resolve()
     if not root.is_dir():
         generate_keywords(root, per_word=300, seed=0)
-    if not OTHER_KEYWORDS.is_dir():
-        generate_keywords(OTHER_KEYWORDS, per_word=100, seed=1)
+    return {k: d for k, d in corpus_dirs(root).items() if k != "train" and d.is_dir()}
 
 
 def _single(ws: Workspace, n: int, heads: int) -> dict[str, Any]:
@@ -141,8 +139,7 @@ def grouping_by_seed(name: str, seeds: list[int], log: Any, threads: int | None)
 
 def run_dataset(name: str, ns: list[int], log: Any, threads: int | None = None) -> dict[str, Any]:
     recipe, recipe_dir = _load(name, threads)
-    if name == "keywords":
-        _ensure_keywords(recipe, recipe_dir)
+    heldout = _ensure_keywords(recipe, recipe_dir) if name == "keywords" else {}
     cache = WORK / name / ".cache"  # run_sweep's: the base is trained once for every build
     result: dict[str, Any] = {"dataset": name, "recipe": f"config/modelgen/{name}.yaml", "rows": []}
     fresh = not cache.exists()
@@ -151,9 +148,9 @@ def run_dataset(name: str, ns: list[int], log: Any, threads: int | None = None) 
         n = built["n"]
         out = WORK / name / built["bundle"]
         row = _row(out, n, built["build_seconds"] if fresh and i == 0 else None)
-        if name == "keywords":  # every clip of a corpus generated with another seed
-            ev = evaluate_bundle(out, data=OTHER_KEYWORDS)
-            row["other_corpus"] = {k: ev[k] for k in ("samples", "base_acc", "fused_acc")}
+        for corpus, folder in heldout.items():  # voices (and an engine) never trained on
+            ev = evaluate_bundle(out, data=folder)
+            row[corpus] = {k: ev[k] for k in ("samples", "base_acc", "fused_acc")}
         ws = open_workspace(recipe, recipe_dir, cache, log)
         row["single_model"] = _single(ws, n, max(row["heads"]))
         row["fused_minus_single"] = row["fused_acc"] - row["single_model"]["acc"]

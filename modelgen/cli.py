@@ -211,7 +211,20 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 def _cmd_keywords(args: argparse.Namespace) -> None:
     from modelgen.datasets.keywords import generate_keywords
 
-    generate_keywords(Path(args.out), per_word=args.per_word, seed=args.seed)
+    made = generate_keywords(
+        Path(args.out),
+        per_word=args.per_word,
+        seed=args.seed,
+        heldout_per_word=args.heldout_per_word,
+        workers=args.workers,
+    )
+    for engine, voices in made.engines.items():
+        found = f"{len(voices)} voices" if voices else "not found (scripts/setup.sh installs it)"
+        print(f"{engine}: {found}", file=sys.stderr)
+    for corpus, folder in made.corpora.items():
+        print(f"{corpus}: {folder}")
+    if "unseen_engine" not in made.corpora:
+        print("no Festival voices: no unseen-engine corpus was made", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,10 +301,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     dataset = sub.add_parser("dataset", help="make a dataset")
     kinds = dataset.add_subparsers(dest="dataset", required=True)
-    kw = kinds.add_parser("keywords", help="the ten Speech Commands words spoken by espeak-ng")
-    kw.add_argument("--out", required=True, help="output folder, one sub-folder per word")
+    kw = kinds.add_parser(
+        "keywords",
+        help="the Speech Commands 12-class task (ten words, _unknown_, _silence_) from "
+        "espeak-ng and Festival, with held-out voices and engine in corpora of their own",
+    )
+    kw.add_argument(
+        "--out", required=True, help="output folder, one sub-folder per class (held out: beside)"
+    )
     kw.add_argument("--per-word", type=_positive_int, default=300, help="clips per word")
     kw.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    kw.add_argument(
+        "--heldout-per-word",
+        type=_positive_int,
+        help="clips per class of each held-out corpus (default: per-word / 5)",
+    )
+    kw.add_argument("--workers", type=_positive_int, default=2, help="processes")
     kw.set_defaults(func=_cmd_keywords)
     return parser
 

@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
-DEB_PACKAGES=(mosquitto mosquitto-clients espeak-ng libportaudio2)
+# Festival and its voices: the second speech engine of `modelgen dataset keywords`.
+DEB_PACKAGES=(mosquitto mosquitto-clients espeak-ng libportaudio2
+  festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)
 
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do

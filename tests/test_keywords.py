@@ -1,4 +1,5 @@
-"""`generate_keywords`: real espeak-ng output, WAV format, determinism, folder hygiene."""
+"""`generate_keywords`: real espeak-ng (and Festival) output, the 12-class layout, held-out
+corpora, WAV format, determinism, folder hygiene."""
 
 from __future__ import annotations
 
@@ -14,11 +15,16 @@ import pytest
 from edvit.config.dataset import AudioFolderDataset
 from modelgen.datasets import load_dataset
 from modelgen.datasets.keywords import (
+    AUXILIARY,
     KEYWORDS,
+    SILENCE,
+    UNKNOWN,
     KeywordError,
     english_voices,
+    festival_voices,
     generate_keywords,
     parse_wav_bytes,
+    voice_split,
     voice_variants,
 )
 
@@ -26,14 +32,20 @@ pytestmark = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="espeak-ng is not installed"
 )
 WORDS = ("yes", "no")
+CLASSES = [*WORDS, UNKNOWN, SILENCE]
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three clips of two words, made by a pool of two processes."""
+    """Three clips of two words, _unknown_ and _silence_, and one of each in every held-out
+    corpus, made by a pool of two processes."""
     out = tmp_path_factory.mktemp("kw") / "keywords"
-    summary = generate_keywords(out, per_word=3, seed=11, words=WORDS, workers=2)
-    assert summary.files == 6
+    summary = generate_keywords(
+        out, per_word=3, seed=11, words=WORDS, workers=2, heldout_per_word=1
+    )
+    corpora = 2 + bool(festival_voices())
+    assert summary.files == 4 * 3 + 4 * (corpora - 1)
+    assert list(summary.corpora.values())[:2] == [out, out.with_name("keywords-unseen-voices")]
     return out
 
 
@@ -56,7 +68,9 @@ def test_voices_and_variants_are_espeaks_own() -> None:
 
 def test_wav_format_and_names(made: Path) -> None:
     files = _wavs(made)
-    assert sorted(files) == [f"{w}/{w}_{i:05d}.wav" for w in sorted(WORDS) for i in range(3)]
+    assert sorted(files) == [f"{w}/{w}_{i:05d}.wav" for w in sorted(CLASSES) for i in range(3)]
+    meta = json.loads((made / "keywords.json").read_text())
+    by_file = {s["file"]: s for s in meta["samples"]}
     for name in files:
         with wave.open(str(made / name)) as wav:
             assert wav.getframerate() == 16000
@@ -64,32 +78,70 @@ def test_wav_format_and_names(made: Path) -> None:
             assert wav.getsampwidth() == 2
             assert wav.getnframes() == 16000
             pcm = np.frombuffer(wav.readframes(16000), dtype="<i2")
-        assert np.abs(pcm).max() > 1000  # a word, not silence
-    meta = json.loads((made / "keywords.json").read_text())
+        drawn = by_file[name]
+        if drawn["word"] == SILENCE:  # no speech: no engine, no voice, quiet
+            assert (drawn["engine"], drawn["voice"], drawn["spoken"]) == ("", "", "")
+            assert np.sqrt(np.mean(pcm.astype(float) ** 2)) < 0.1 * 32767
+        else:
+            assert np.abs(pcm).max() > 1000  # a word, not silence
+            assert drawn["engine"] == "espeak-ng"  # the training corpus: espeak-ng only
+    for s in meta["samples"]:
+        if s["word"] == UNKNOWN:
+            assert s["spoken"] in AUXILIARY  # another word, never a keyword
+        elif s["word"] != SILENCE:
+            assert s["spoken"] == s["word"]
     assert meta["seed"] == 11
     assert meta["words"] == list(WORDS)
+    assert meta["classes"] == CLASSES
+    assert meta["engines_found"]["espeak-ng"] == english_voices()
+    assert meta["engines_found"]["festival"] == festival_voices()
     assert [s["file"] for s in meta["samples"]] == [
-        f"{w}/{w}_{i:05d}.wav" for w in WORDS for i in range(3)
+        f"{w}/{w}_{i:05d}.wav" for w in CLASSES for i in range(3)
     ]
     ds = load_dataset(AudioFolderDataset(root=made))
-    assert ds.classes == ["no", "yes"]
-    assert ds.counts() == {"no": 3, "yes": 3}
+    assert ds.classes == sorted(CLASSES)  # _silence_ and _unknown_ are classes
+    assert ds.counts() == dict.fromkeys(sorted(CLASSES), 3)
     assert all(len(s) == 16000 for s in ds.samples)
+
+
+def test_held_out_voices_are_in_their_own_corpora(made: Path) -> None:
+    split = voice_split(english_voices(), festival_voices())
+    assert split["unseen_voices"]  # every 5th espeak-ng voice
+    assert not set(split["train"]) & set(split["unseen_voices"])
+    train = json.loads((made / "keywords.json").read_text())
+    assert {f"{s['engine']}:{s['voice']}" for s in train["samples"] if s["voice"]} <= set(
+        split["train"]
+    )
+    for corpus, suffix in (
+        ("unseen_voices", "-unseen-voices"),
+        ("unseen_engine", "-unseen-engine"),
+    ):
+        folder = made.with_name(made.name + suffix)
+        if not split[corpus]:
+            assert not folder.exists()  # no Festival here: no unseen-engine corpus
+            continue
+        meta = json.loads((folder / "keywords.json").read_text())
+        assert meta["corpus"] == corpus
+        assert meta["classes"] == CLASSES
+        used = {f"{s['engine']}:{s['voice']}" for s in meta["samples"] if s["voice"]}
+        assert used <= set(split[corpus])
+        assert not used & set(split["train"])
+        assert sorted(_wavs(folder)) == [f"{w}/{w}_00000.wav" for w in sorted(CLASSES)]
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(made: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
-    generate_keywords(again, per_word=3, seed=11, words=WORDS, workers=1)
+    generate_keywords(again, per_word=3, seed=11, words=WORDS, workers=1, heldout_per_word=1)
     assert _wavs(again) == _wavs(made)
     assert (again / "keywords.json").read_bytes() == (made / "keywords.json").read_bytes()
     # Sample i does not depend on per_word or on the other words.
     fewer = tmp_path / "fewer"
-    generate_keywords(fewer, per_word=2, seed=11, words=["no"], workers=1)
+    generate_keywords(fewer, per_word=2, seed=11, words=["no"], workers=1, background=False)
     assert _wavs(fewer) == {
         k: v for k, v in _wavs(made).items() if k in {"no/no_00000.wav", "no/no_00001.wav"}
     }
     # Re-using the folder for another run leaves no stale clips or words behind.
-    generate_keywords(fewer, per_word=1, seed=12, words=["yes"], workers=1)
+    generate_keywords(fewer, per_word=1, seed=12, words=["yes"], workers=1, background=False)
     assert sorted(_wavs(fewer)) == ["yes/yes_00000.wav"]
     assert sorted(p.name for p in fewer.iterdir()) == ["keywords.json", "yes"]
     assert _wavs(fewer)["yes/yes_00000.wav"] != _wavs(made)["yes/yes_00000.wav"]

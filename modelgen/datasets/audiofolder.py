@@ -26,9 +26,13 @@ def read_wav(path: Path, sample_rate: int) -> npt.NDArray[np.float32]:
         raise DatasetError(str(exc)) from None
 
 
+NOISE_FOLDER = "_background_noise_"
+
+
 def _skip(name: str) -> bool:
-    """Speech Commands keeps noise recordings in `_background_noise_`: not a class."""
-    return name.startswith(("_", "."))
+    """Speech Commands keeps noise recordings in `_background_noise_`: not a class (but
+    `_silence_` and `_unknown_` are)."""
+    return name == NOISE_FOLDER or name.startswith(".")
 
 
 def load_audiofolder(spec: AudioFolderDataset, base_dir: Path | None = None) -> Dataset:

@@ -1,9 +1,23 @@
-"""Spoken keywords made offline with espeak-ng: a Speech-Commands-like audio dataset.
+"""Spoken keywords made offline: the Speech Commands 12-class task from two speech engines.
 
-Each sample is one of the ten Speech Commands words, spoken by one of espeak-ng's own
-English voices with a voice variant, speed, pitch and amplitude; trimmed, resampled to
-the target rate, placed at a random time in a 1 s clip, set to a random level and mixed
-with synthetic background noise (white, pink, brown or mains hum) at a random SNR.
+Classes: the ten Speech Commands words, `_unknown_` (other words of the same voices: the
+dataset's auxiliary words and the digits, never a keyword) and `_silence_` (no speech:
+near-digital silence, room tone, white/pink/brown noise and mains hum at levels from
+−70 to −20 dBFS), each `per_word` clips, as Speech Commands' 12-class setup gives silence
+and unknown about one keyword's share each.
+
+Speech comes from espeak-ng (its own English voices with a voice variant, speed, pitch and
+amplitude) and Festival (`text2wave` with the Debian voices kal_diphone, ked_diphone and
+cmu_us_slt_arctic_hts, with a duration stretch), then a random tape-speed factor
+(0.9–1.1: tempo and pitch together); trimmed, resampled to the target rate, placed at a
+random time in a 1 s clip, set to a random level and mixed with synthetic background noise
+at a random SNR.
+
+Voices held out whole, each its own corpus in the same layout (`modelgen eval --data`):
+    OUT/                  training voices: espeak-ng's, but every VOICE_HOLDOUT-th one
+    OUT-unseen-voices/    those espeak-ng voices: unseen voices of a seen engine
+    OUT-unseen-engine/    every Festival voice: an engine the model never heard
+so no clip of a held-out voice can reach the training, validation or test split.
 
 Determinism: sample i of a word draws everything from a generator seeded by
 (seed, crc32(word), i), so it is the same whatever per_word, the word list or the number
@@ -33,7 +47,22 @@ import numpy as np
 import numpy.typing as npt
 
 KEYWORDS: tuple[str, ...] = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+UNKNOWN = "_unknown_"
+SILENCE = "_silence_"
+AUXILIARY: tuple[str, ...] = (
+    "bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow",
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+)  # fmt: skip
+"""Speech Commands' auxiliary words and digits: what `_unknown_` says."""
 ESPEAK = "espeak-ng"
+TEXT2WAVE = "text2wave"
+FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
+FESTIVAL_VOICE_DIRS = (Path("/usr/share/festival/voices"),)
+VOICE_HOLDOUT = 5  # every 5th espeak-ng voice (sorted, from the 3rd) is held out
+STRETCH = (0.8, 1.3)  # Festival's Duration_Stretch
+TAPE_SPEED = (0.9, 1.1)  # resampling factor after synthesis: tempo and pitch
+SILENCE_DBFS = (-70.0, -20.0)  # RMS level of a `_silence_` clip
+SILENCE_KINDS = ("digital", "white", "pink", "brown", "hum")
 CLIP_SECONDS = 1.0
 METADATA = "keywords.json"
 NOISES = ("white", "pink", "brown", "hum")
@@ -61,7 +90,7 @@ FloatArray = npt.NDArray[np.float32]
 
 
 class KeywordError(RuntimeError):
-    """espeak-ng is missing or failed, or the output folder cannot be used."""
+    """espeak-ng is missing, an engine failed, or the output folder cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +98,10 @@ class KeywordSample:
     """Everything drawn for one file: enough to understand (and re-make) it."""
 
     file: str
-    word: str
+    word: str  # the class
     index: int
+    engine: str  # espeak-ng, festival, or "" for _silence_
+    spoken: str  # what was said: the word, an auxiliary word for _unknown_, "" for silence
     voice: str
     variant: str
     speed: int
@@ -93,6 +124,8 @@ class KeywordsSummary:
     seconds: float
     voices: list[str]
     variants: list[str]
+    engines: dict[str, list[str]]  # engine → the voices it had
+    corpora: dict[str, Path]  # train / unseen_voices / unseen_engine → folder
 
 
 def _espeak() -> str:
@@ -189,6 +222,33 @@ def speak(word: str, voice: str, speed: int, pitch: int, amplitude: int) -> tupl
     return wave_, rate
 
 
+def festival_voices() -> list[str]:
+    """The FESTIVAL_VOICES installed here (Debian's festvox packages), or [] without
+    Festival."""
+    if shutil.which(TEXT2WAVE) is None:
+        return []
+    installed = {p.name for d in FESTIVAL_VOICE_DIRS if d.is_dir() for p in d.glob("*/*")}
+    return [v for v in FESTIVAL_VOICES if v in installed]
+
+
+def speak_festival(text: str, voice: str, stretch: float) -> tuple[FloatArray, int]:
+    """One utterance from Festival's text2wave (through temporary files: it cannot pipe)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "text.txt", Path(tmp) / "out.wav"
+        src.write_text(text + "\n")
+        _run([
+            TEXT2WAVE, "-eval", f"(voice_{voice})",
+            "-eval", f"(Parameter.set 'Duration_Stretch {stretch:.3f})",
+            str(src), "-o", str(out),
+        ])  # fmt: skip
+        wave_, rate = parse_wav_bytes(out.read_bytes())
+    if wave_.size == 0 or not np.any(wave_):
+        raise KeywordError(f"festival produced silence for {text!r} with voice {voice}")
+    return wave_, rate
+
+
 def _trim(wave_: FloatArray, rate: int) -> FloatArray:
     """Cut leading/trailing silence: samples below -40 dB of the peak, with 10 ms margin."""
     loud = np.flatnonzero(np.abs(wave_) > 0.01 * np.abs(wave_).max())
@@ -238,6 +298,42 @@ def _rng(seed: int, word: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(word.encode("utf-8")), index])
 
 
+def _silence(clip: int, sample_rate: int, rng: np.random.Generator) -> tuple[FloatArray, str]:
+    """A clip without speech: a kind of SILENCE_KINDS at a level of SILENCE_DBFS."""
+    kind = SILENCE_KINDS[int(rng.integers(len(SILENCE_KINDS)))]
+    level = 10 ** (float(rng.uniform(*SILENCE_DBFS)) / 20)
+    if kind == "digital":  # a muted or gated input: dither-level white noise
+        return (rng.standard_normal(clip) * 2e-5).astype(np.float32), kind
+    return make_noise(kind, clip, sample_rate, rng) * np.float32(level), kind
+
+
+def _utterance(
+    text: str, voice: str, variant: str, rng: np.random.Generator, sample_rate: int, clip: int
+) -> tuple[FloatArray, int, int, int]:
+    """`text` said by `voice` (`engine:name`), trimmed, at `sample_rate` after a random tape
+    speed, no longer than the clip; with the speed, pitch and amplitude drawn."""
+    engine, name = voice.split(":", 1)
+    speed = int(rng.integers(SPEED_WPM[0], SPEED_WPM[1] + 1))
+    pitch = int(rng.integers(PITCH[0], PITCH[1] + 1))
+    amplitude = int(rng.integers(AMPLITUDE[0], AMPLITUDE[1] + 1))
+    stretch = float(rng.uniform(*STRETCH))
+    tape = float(rng.uniform(*TAPE_SPEED))
+    for _ in range(4):  # a slow voice may not fit in the clip: say it faster
+        if engine == ESPEAK:
+            full = f"{name}+{variant}" if variant else name
+            spoken, rate = speak(text, full, speed, pitch, amplitude)
+        else:
+            spoken, rate = speak_festival(text, name, stretch)
+        spoken = _resample(_trim(spoken, rate), round(rate * tape), sample_rate)
+        if len(spoken) <= MAX_WORD_FRACTION * clip:
+            break
+        speed, stretch = int(speed * 1.3), stretch / 1.3
+    if len(spoken) > clip:  # still too long: keep its middle
+        start = (len(spoken) - clip) // 2
+        spoken = spoken[start : start + clip]
+    return spoken, speed, pitch, amplitude
+
+
 def render_keyword(
     word: str,
     index: int,
@@ -245,40 +341,35 @@ def render_keyword(
     voices: Sequence[str],
     variants: Sequence[str],
     sample_rate: int = 16000,
+    corpus: str = "",
 ) -> tuple[npt.NDArray[np.int16], KeywordSample]:
-    """Make sample `index` of `word`: (int16 samples of one clip, what was drawn)."""
-    rng = _rng(seed, word, index)
+    """Make sample `index` of class `word` of `corpus` ("" for the training one) from
+    `voices` (`engine:name`): (int16 samples of one clip, what was drawn)."""
+    rng = _rng(seed, corpus + word, index)
     voice = voices[int(rng.integers(len(voices)))]
-    variant = variants[int(rng.integers(len(variants)))]
-    speed = int(rng.integers(SPEED_WPM[0], SPEED_WPM[1] + 1))
-    pitch = int(rng.integers(PITCH[0], PITCH[1] + 1))
-    amplitude = int(rng.integers(AMPLITUDE[0], AMPLITUDE[1] + 1))
+    variant = variants[int(rng.integers(len(variants)))] if voice.startswith(ESPEAK) else ""
     peak_dbfs = float(rng.uniform(*PEAK_DBFS))
     noise_kind = NOISES[int(rng.integers(len(NOISES)))]
     snr_db = float(rng.uniform(*SNR_DB))
     clip = round(CLIP_SECONDS * sample_rate)
-    full_voice = f"{voice}+{variant}" if variant else voice
-
-    for _ in range(4):  # a slow voice may not fit in the clip: say it faster
-        spoken, rate = speak(word, full_voice, speed, pitch, amplitude)
-        spoken = _trim(spoken, rate)
-        spoken = _resample(spoken, rate, sample_rate)
-        if len(spoken) <= MAX_WORD_FRACTION * clip:
-            break
-        speed = int(speed * 1.3)
-    if len(spoken) > clip:  # still too long: keep its middle
-        start = (len(spoken) - clip) // 2
-        spoken = spoken[start : start + clip]
-
-    spoken = spoken * np.float32(10 ** (peak_dbfs / 20) / max(float(np.abs(spoken).max()), 1e-9))
-    offset = int(rng.integers(0, clip - len(spoken) + 1))
-    signal = np.zeros(clip, dtype=np.float32)
-    signal[offset : offset + len(spoken)] = spoken
-    speech_rms = float(np.sqrt(np.mean(spoken.astype(np.float64) ** 2)))
-    noise = make_noise(noise_kind, clip, sample_rate, rng) * np.float32(
-        speech_rms / 10 ** (snr_db / 20)
-    )
-    mix = signal + noise
+    text = AUXILIARY[int(rng.integers(len(AUXILIARY)))] if word == UNKNOWN else word
+    speed = pitch = amplitude = offset = 0
+    if word == SILENCE:
+        mix, noise_kind = _silence(clip, sample_rate, rng)
+        voice = variant = text = ""
+        peak_dbfs = snr_db = 0.0
+    else:
+        spoken, speed, pitch, amplitude = _utterance(text, voice, variant, rng, sample_rate, clip)
+        peak = max(float(np.abs(spoken).max()), 1e-9)
+        spoken = spoken * np.float32(10 ** (peak_dbfs / 20) / peak)
+        offset = int(rng.integers(0, clip - len(spoken) + 1))
+        signal = np.zeros(clip, dtype=np.float32)
+        signal[offset : offset + len(spoken)] = spoken
+        speech_rms = float(np.sqrt(np.mean(spoken.astype(np.float64) ** 2)))
+        noise = make_noise(noise_kind, clip, sample_rate, rng) * np.float32(
+            speech_rms / 10 ** (snr_db / 20)
+        )
+        mix = signal + noise
     peak = float(np.abs(mix).max())
     if peak > 0.99:
         mix *= np.float32(0.99 / peak)
@@ -287,7 +378,9 @@ def render_keyword(
         file=keyword_file(word, index),
         word=word,
         index=index,
-        voice=voice,
+        engine=voice.split(":", 1)[0] if voice else "",
+        spoken=text,
+        voice=voice.split(":", 1)[1] if voice else "",
         variant=variant,
         speed=speed,
         pitch=pitch,
@@ -314,14 +407,17 @@ def write_wav(path: Path, pcm: npt.NDArray[np.int16], sample_rate: int) -> None:
         out.writeframes(pcm.astype("<i2").tobytes())
 
 
-def _job(args: tuple[Path, str, int, int, tuple[str, ...], tuple[str, ...], int]) -> KeywordSample:
-    out_dir, word, index, seed, voices, variants, sample_rate = args
-    pcm, sample = render_keyword(word, index, seed, voices, variants, sample_rate)
+Job = tuple[Path, str, int, int, tuple[str, ...], tuple[str, ...], int, str]
+
+
+def _job(args: Job) -> KeywordSample:
+    out_dir, word, index, seed, voices, variants, sample_rate, corpus = args
+    pcm, sample = render_keyword(word, index, seed, voices, variants, sample_rate, corpus)
     write_wav(out_dir / sample.file, pcm, sample_rate)
     return sample
 
 
-_OWN_FILE = re.compile(r"^[a-z]+_\d{5,}\.wav$")
+_OWN_FILE = re.compile(r"^_?[a-z]+_?_\d{5,}\.wav$")
 
 
 def _prepare(out_dir: Path, words: Sequence[str]) -> None:
@@ -342,43 +438,25 @@ def _prepare(out_dir: Path, words: Sequence[str]) -> None:
         (out_dir / word).mkdir(parents=True, exist_ok=True)
 
 
-def generate_keywords(
-    out_dir: str | Path,
-    per_word: int,
-    seed: int,
-    words: Sequence[str] = KEYWORDS,
-    sample_rate: int = 16000,
-    workers: int = 2,
-) -> KeywordsSummary:
-    """Write `per_word` clips of each word to `out_dir/<word>/<word>_<index>.wav`.
+def voice_split(espeak: Sequence[str], festival: Sequence[str]) -> dict[str, list[str]]:
+    """Corpus → its voices (`engine:name`): the fixed rule of the module docstring."""
+    held = {v for i, v in enumerate(sorted(espeak)) if i % VOICE_HOLDOUT == 2}
+    return {
+        "train": [f"{ESPEAK}:{v}" for v in sorted(espeak) if v not in held],
+        "unseen_voices": [f"{ESPEAK}:{v}" for v in sorted(held)],
+        "unseen_engine": [f"festival:{v}" for v in festival],
+    }
 
-    Clips are 1 s, mono, 16-bit PCM at `sample_rate`; `out_dir/keywords.json` records the
-    settings, the espeak-ng version and voices, and every clip's drawn parameters. Work is
-    spread over `workers` processes (spawned, so a parent holding torch threads is safe).
-    """
-    if per_word < 1:
-        raise ValueError(f"per_word must be at least 1, got {per_word}")
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
-    words = list(words)
-    for word in words:
-        if not re.fullmatch(r"[a-z]+", word):
-            raise ValueError(f"words must be lower-case letters only, got {word!r}")
-    if len(set(words)) != len(words):
-        raise ValueError("words must be distinct")
-    start = time.perf_counter()
-    version = espeak_version()
-    voices = tuple(english_voices())
-    variants = tuple(voice_variants())
-    out = Path(out_dir)
-    _prepare(out, words)
-    jobs = [
-        (out, word, i, seed, voices, variants, sample_rate)
-        for word in words
-        for i in range(per_word)
-    ]
+
+def corpus_dirs(out_dir: Path) -> dict[str, Path]:
+    return {
+        "train": out_dir,
+        "unseen_voices": out_dir.with_name(out_dir.name + "-unseen-voices"),
+        "unseen_engine": out_dir.with_name(out_dir.name + "-unseen-engine"),
+    }
+
+
+def _make(jobs: list[Job], workers: int) -> list[KeywordSample]:
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc="keywords", unit="clip", disable=None)
@@ -397,25 +475,90 @@ def generate_keywords(
                     bar.update()
     finally:
         bar.close()
-    meta: dict[str, Any] = {
-        "generator": "modelgen dataset keywords",
-        "espeak_ng": version,
-        "seed": seed,
-        "per_word": per_word,
-        "sample_rate": sample_rate,
-        "clip_seconds": CLIP_SECONDS,
-        "words": words,
-        "voices": list(voices),
-        "variants": list(variants),
-        "samples": [asdict(s) for s in samples],
-    }
-    (out / METADATA).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    return samples
+
+
+def generate_keywords(
+    out_dir: str | Path,
+    per_word: int,
+    seed: int,
+    words: Sequence[str] = KEYWORDS,
+    sample_rate: int = 16000,
+    workers: int = 2,
+    heldout_per_word: int | None = None,
+    background: bool = True,
+) -> KeywordsSummary:
+    """Write `per_word` clips of each class to `out_dir/<class>/<class>_<index>.wav` (the
+    words, and with `background` also _unknown_ and _silence_), and `heldout_per_word`
+    (default per_word // 5, at least 1) of each to the held-out corpora beside it.
+
+    Clips are 1 s, mono, 16-bit PCM at `sample_rate`; each corpus's keywords.json records
+    the settings, the engines and voices found and used, and every clip's drawn
+    parameters. Work is spread over `workers` processes (spawned, so a parent holding torch
+    threads is safe). Without Festival there is no unseen-engine corpus (it says so).
+    """
+    if per_word < 1:
+        raise ValueError(f"per_word must be at least 1, got {per_word}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    words = list(words)
+    for word in words:
+        if not re.fullmatch(r"[a-z]+", word):
+            raise ValueError(f"words must be lower-case letters only, got {word!r}")
+        if word in AUXILIARY:
+            raise ValueError(f"{word!r} is what _unknown_ says: it cannot be a keyword too")
+    if len(set(words)) != len(words):
+        raise ValueError("words must be distinct")
+    held_n = max(1, per_word // 5) if heldout_per_word is None else heldout_per_word
+    classes = [*words, UNKNOWN, SILENCE] if background else words
+    start = time.perf_counter()
+    version = espeak_version()
+    espeak = english_voices()
+    festival = festival_voices()
+    variants = tuple(voice_variants())
+    split = voice_split(espeak, festival)
+    engines = {ESPEAK: espeak, "festival": festival}
+    corpora = {k: d for k, d in corpus_dirs(Path(out_dir)).items() if split[k]}
+    total = 0
+    for corpus, folder in corpora.items():
+        n = per_word if corpus == "train" else held_n
+        _prepare(folder, classes)
+        stream = "" if corpus == "train" else f"{corpus}/"
+        voices = tuple(split[corpus])
+        jobs = [
+            (folder, c, i, seed, voices, variants, sample_rate, stream)
+            for c in classes
+            for i in range(n)
+        ]
+        samples = _make(jobs, workers)
+        total += len(samples)
+        meta: dict[str, Any] = {
+            "generator": "modelgen dataset keywords",
+            "corpus": corpus,
+            "espeak_ng": version,
+            "engines_found": engines,
+            "voices": list(voices),
+            "held_out": {k: v for k, v in split.items() if k != "train"},
+            "seed": seed,
+            "per_word": n,
+            "sample_rate": sample_rate,
+            "clip_seconds": CLIP_SECONDS,
+            "words": words,
+            "classes": classes,
+            "variants": list(variants),
+            "samples": [asdict(s) for s in samples],
+        }
+        (folder / METADATA).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return KeywordsSummary(
-        out_dir=out,
-        words=words,
+        out_dir=Path(out_dir),
+        words=classes,
         per_word=per_word,
-        files=len(samples),
+        files=total,
         seconds=time.perf_counter() - start,
-        voices=list(voices),
+        voices=split["train"],
         variants=list(variants),
+        engines=engines,
+        corpora=corpora,
     )
