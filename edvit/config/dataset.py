@@ -142,9 +142,9 @@ class AudioFolderDataset(_DatasetBase):
         default="audiofolder", description="A folder of sound files per class."
     )
     root: Path = Field(
-        description="Folder holding one sub-folder per class. Sub-folders starting with '_' "
-        "or '.' (Speech Commands' _background_noise_) and files other than .wav, .flac and .ogg "
-        "are ignored."
+        description="Folder holding one sub-folder per class (`_silence_` and `_unknown_` "
+        "too). Speech Commands' _background_noise_, hidden sub-folders and files other than "
+        ".wav, .flac and .ogg are ignored."
     )
     sample_rate: int = Field(
         default=16000,
