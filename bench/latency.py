@@ -10,13 +10,14 @@ same run; the MAC limit of a ratio is base total MACs / sub total MACs (attentio
 efficiency = ratio / limit. Run on purpose (the machine should be quiet):
 
     .venv/bin/python bench/latency.py --models s,b
-    .venv/bin/python bench/latency.py --profile     # top operators of the ViT-B N = 10 sub-model
+    .venv/bin/python bench/latency.py --profile     # ms per op type and per node, ViT-B N = 10
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -157,8 +158,9 @@ def run(
     return results
 
 
-def profile(arch: str, n: int, runs: int, top: int) -> list[dict[str, Any]]:
-    """ONNX Runtime's per-operator profile of the fp32 sub-model for N: total ms per op type."""
+def profile(arch: str, n: int, runs: int, top: int) -> dict[str, list[dict[str, Any]]]:
+    """ONNX Runtime's profile of the fp32 sub-model for N: ms per op type, and per node with
+    the block index dropped (`/blocks.*/attn/MatMul` is QKᵀ of every block together)."""
     model = models_for(arch, [n])[1]
     with tempfile.TemporaryDirectory(prefix="edvit-profile-") as tmp:
         path = export_both(model, Path(tmp))["fp32"]
@@ -167,23 +169,29 @@ def profile(arch: str, n: int, runs: int, top: int) -> list[dict[str, Any]]:
         for _ in range(runs):
             sess.run(list(ONNX_OUTPUTS), {ONNX_INPUT: x})
         events = json.loads(Path(sess.end_profiling()).read_text())
-    per_op: dict[str, float] = defaultdict(float)
+    kernels = [
+        ev for ev in events if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time")
+    ]
+    by_op = [(ev["args"]["op_name"], ev["dur"]) for ev in kernels]
+    by_node = [
+        (re.sub(r"blocks\.\d+", "blocks.*", ev["name"].removesuffix("_kernel_time")), ev["dur"])
+        for ev in kernels
+    ]
+    return {"op": _ranked(by_op, runs, top), "node": _ranked(by_node, runs, top)}
+
+
+def _ranked(durations: Sequence[tuple[str, float]], runs: int, top: int) -> list[dict[str, Any]]:
+    """Total µs per key → the `top` keys by ms per run, with their share and count per run."""
+    ms: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
-    for ev in events:
-        if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
-            op = ev["args"]["op_name"]
-            per_op[op] += ev["dur"] / 1e3
-            count[op] += 1
-    total = sum(per_op.values())
-    ranked = sorted(per_op.items(), key=lambda kv: -kv[1])[:top]
+    for key, dur in durations:
+        ms[key] += dur / 1e3
+        count[key] += 1
+    total = sum(ms.values())
+    ranked = sorted(ms.items(), key=lambda kv: -kv[1])[:top]
     return [
-        {
-            "op": op,
-            "ms_per_run": ms / runs,
-            "share": ms / total,
-            "nodes_per_run": count[op] // runs,
-        }
-        for op, ms in ranked
+        {"name": k, "ms_per_run": v / runs, "share": v / total, "per_run": count[k] // runs}
+        for k, v in ranked
     ]
 
 
