@@ -13,10 +13,12 @@ ONNX_INPUT: Final = "input"  # (B, C, H, W) float32, preprocessed
 ONNX_OUTPUTS: Final = ("features", "logits")  # (B, D) pre-logits CLS features, (B, K) logits
 
 
-def ort_session(model: bytes | Path, threads: int = 1) -> Any:
+def ort_session(model: bytes | Path, threads: int = 1, profile_prefix: str | None = None) -> Any:
     """An ONNX Runtime CPU session: `threads` intra-op threads, sequential execution.
 
-    `model` is the file's bytes (a node hashes exactly what it loads) or a path.
+    `model` is the file's bytes (a node hashes exactly what it loads) or a path;
+    `profile_prefix` turns on ONNX Runtime's profiler (`end_profiling()` names the file), so
+    a profile is taken with the very options a node runs.
     """
     import onnxruntime as ort
 
@@ -27,5 +29,8 @@ def ort_session(model: bytes | Path, threads: int = 1) -> Any:
     if threads > 1:
         # Idle pool threads otherwise spin between ticks, stealing the capture thread's core.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
