@@ -30,6 +30,7 @@ from edvit.config.recipe import Grouping, PruneMethod, Recipe
 from modelgen.build import Workspace, build, open_workspace, prepare, train_submodel
 from modelgen.evaluate import evaluate_bundle
 from modelgen.planning.plan import submodel_plan
+from modelgen.report import pyplot, save_figure
 from modelgen.sweep import run_sweep, with_n
 from modelgen.train import accuracy, predict
 
@@ -187,10 +188,7 @@ def run_dataset(name: str, ns: list[int], log: Any, threads: int | None = None) 
 
 
 def _plot(results: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for res in results:
@@ -209,8 +207,7 @@ def _plot(results: list[dict[str, Any]], path: Path) -> None:
     axes[1].set(xlabel="N sub-models", ylabel="max sub-model / base", title="ONNX latency ratio")
     for ax in axes:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
 
 
 def main() -> None:

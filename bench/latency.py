@@ -36,6 +36,7 @@ from modelgen.export import SUBMODEL_DIR, export_submodel
 from modelgen.grouping import contiguous_groups
 from modelgen.model import ModelConfig, build_vit
 from modelgen.planning import make_plan
+from modelgen.report import pyplot, save_figure
 from modelgen.sizing import MIB, vit_stats
 from modelgen.vit_shape import ViTShape, parse_arch
 
@@ -196,10 +197,7 @@ def _ranked(durations: Sequence[tuple[str, float]], runs: int, top: int) -> list
 
 
 def _plot(results: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for res in results:
@@ -215,8 +213,7 @@ def _plot(results: list[dict[str, Any]], path: Path) -> None:
     axes[1].set(xlabel="N", ylabel="fp32 base MiB / sub MiB", title="size ratio")
     for ax in axes:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

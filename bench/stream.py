@@ -48,6 +48,7 @@ from edvit.config.site import EventsConfig
 from edvit.demo.brokers import Mosquitto
 from edvit.fusion import NumpyFusionMLP
 from edvit.preprocess import AudioPreprocess, preprocess
+from modelgen.report import pyplot, save_figure
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = "stream"
@@ -242,10 +243,7 @@ def live(bundle: Bundle, recording: Path, work: Path) -> list[tuple[str, float]]
 
 
 def _plot(curve: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
     ax.plot([c["false_accepts_per_hour"] for c in curve], [c["hit_rate"] for c in curve], "o-")
@@ -256,8 +254,7 @@ def _plot(curve: list[dict[str, Any]], path: Path) -> None:
     ax.axvline(2.0, color="k", linestyle=":", alpha=0.5)
     ax.axhline(0.9, color="k", linestyle=":", alpha=0.5)
     ax.set(xlabel="false accepts per hour", ylabel="hit rate", title="one threshold, all words")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
 
 
 def main() -> None:

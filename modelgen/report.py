@@ -11,7 +11,8 @@ from edvit.bundle import load_bundle
 from modelgen.sweep import SWEEP_FILE
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend: files only, no display needed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,17 +21,22 @@ def _pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: Path) -> None:
+    """Lay out, write as PNG, and free the figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+
+
 def _bar(path: Path, labels: list[str], values: list[float], ylabel: str, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.bar(labels, values, color="#4c72b0")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     for i, v in enumerate(values):
         ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _pct(v: Any) -> str:
@@ -97,7 +103,7 @@ def write_report(directory: str | Path) -> Path:
 
 def sweep_figure(rows: list[dict[str, Any]]) -> Any:
     """Accuracy, the busiest device's latency and size against N; the base as a line."""
-    plt = _pyplot()
+    plt = pyplot()
     ns = [r["n"] for r in rows]
     panels = [
         ("test accuracy", "fused_acc", "base_acc"),
@@ -112,13 +118,12 @@ def sweep_figure(rows: list[dict[str, Any]]) -> Any:
         ax.set_ylabel(ylabel)
         ax.set_xticks(ns)
         ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 
 def confusion_figure(row: dict[str, Any]) -> Any:
     """The fused model's confusion matrix of one bundle of a sweep."""
-    plt = _pyplot()
+    plt = pyplot()
     classes = row["classes"]
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
     image = ax.imshow(row["confusion"], cmap="Blues")
@@ -128,13 +133,7 @@ def confusion_figure(row: dict[str, Any]) -> Any:
     ax.set_ylabel("true class")
     ax.set_title(f"N = {row['n']}: fused {100 * row['fused_acc']:.1f} %")
     fig.colorbar(image, ax=ax)
-    fig.tight_layout()
     return fig
-
-
-def _save(fig: Any, path: Path) -> None:
-    fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
 
 
 def write_sweep_report(directory: str | Path) -> Path:
@@ -142,7 +141,7 @@ def write_sweep_report(directory: str | Path) -> Path:
     root = Path(directory)
     sweep = json.loads((root / SWEEP_FILE).read_text())
     rows = sorted(sweep["rows"], key=lambda r: r["n"])
-    _save(sweep_figure(rows), root / "sweep.png")
+    save_figure(sweep_figure(rows), root / "sweep.png")
     lines = [
         f"# edvit sweep of `{sweep['recipe']}`",
         "",
@@ -150,7 +149,7 @@ def write_sweep_report(directory: str | Path) -> Path:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        _save(confusion_figure(r), root / f"confusion-n{r['n']}.png")
+        save_figure(confusion_figure(r), root / f"confusion-n{r['n']}.png")
         lines.append(
             f"| {r['n']} | {_pct(r['fused_acc'])} | {_pct(r['base_acc'])} | "
             f"{_pct(r['avg_softmax_acc'])} | {r['device_latency_ms']:.2f} | "

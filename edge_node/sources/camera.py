@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Unpack
 
 import cv2
 import numpy as np
 
 from edge_node.sources.base import is_url, parse_device
-from edge_node.sources.grab import GrabSource
+from edge_node.sources.grab import GrabOptions, GrabSource
 
 
 class CameraSource(GrabSource[cv2.VideoCapture]):
@@ -25,23 +26,10 @@ class CameraSource(GrabSource[cv2.VideoCapture]):
     kind = "camera"
 
     def __init__(
-        self,
-        device: int | str,
-        *,
-        width: int | None = None,
-        height: int | None = None,
-        fps: float | None = None,
-        max_age: float = 2.0,
-        open_timeout: float = 10.0,
-        read_timeout: float = 5.0,
-        backoff: tuple[float, float] = (0.5, 10.0),
-        pace: bool | None = None,
+        self, device: int | str, *, pace: bool | None = None, **options: Unpack[GrabOptions]
     ) -> None:
         self.device = parse_device(device)
-        super().__init__(
-            max_age=max_age, open_timeout=open_timeout, read_timeout=read_timeout, backoff=backoff
-        )
-        self.width, self.height, self.fps = width, height, fps
+        super().__init__(**options)
         is_file = isinstance(self.device, str) and not is_url(self.device)
         is_file = is_file and not str(self.device).startswith("/dev/")
         self.is_file = is_file

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from abc import abstractmethod
-from typing import Generic, TypeVar
+from typing import Generic, TypedDict, TypeVar
 
 import numpy as np
 
@@ -22,6 +22,18 @@ log = logging.getLogger(__name__)
 
 Handle = TypeVar("Handle")
 """What `_open_capture` returns and the grab thread owns (a VideoCapture, a Picamera2)."""
+
+
+class GrabOptions(TypedDict, total=False):
+    """What every live camera takes besides its device (the defaults: `GrabSource`)."""
+
+    width: int | None
+    height: int | None
+    fps: float | None
+    max_age: float
+    open_timeout: float
+    read_timeout: float
+    backoff: tuple[float, float]
 
 
 class GrabSource(Source, Generic[Handle]):
@@ -45,14 +57,18 @@ class GrabSource(Source, Generic[Handle]):
     def __init__(
         self,
         *,
-        max_age: float,
-        open_timeout: float,
-        read_timeout: float,
-        backoff: tuple[float, float],
+        width: int | None = None,
+        height: int | None = None,
+        fps: float | None = None,
+        max_age: float = 2.0,
+        open_timeout: float = 10.0,
+        read_timeout: float = 5.0,
+        backoff: tuple[float, float] = (0.5, 10.0),
     ) -> None:
         super().__init__()
         if not (0 < backoff[0] <= backoff[1]):
             raise SourceError(f"{self.name}: backoff must be 0 < min <= max: {backoff}")
+        self.width, self.height, self.fps = width, height, fps  # None: the device's default
         self.max_age = max_age
         self.open_timeout = open_timeout
         self.read_timeout = read_timeout

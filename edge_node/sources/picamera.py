@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
 from edge_node.sources.base import MissingLibraryError
-from edge_node.sources.grab import GrabSource
+from edge_node.sources.grab import GrabOptions, GrabSource
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +45,9 @@ class PicameraSource(GrabSource[Any]):
 
     kind = "picamera"
 
-    def __init__(
-        self,
-        camera: int = 0,
-        *,
-        width: int | None = None,
-        height: int | None = None,
-        fps: float | None = None,
-        max_age: float = 2.0,
-        open_timeout: float = 10.0,
-        read_timeout: float = 5.0,
-        backoff: tuple[float, float] = (0.5, 10.0),
-    ) -> None:
+    def __init__(self, camera: int = 0, **options: Unpack[GrabOptions]) -> None:
         self.camera = camera
-        super().__init__(
-            max_age=max_age, open_timeout=open_timeout, read_timeout=read_timeout, backoff=backoff
-        )
-        self.width, self.height, self.fps = width, height, fps
+        super().__init__(**options)
         self._module: Any = None
 
     @property
