@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from edvit import media, topics
 from edvit.bundle import Bundle, load_bundle
 from edvit.config.site import EventsConfig
 from edvit.demo.brokers import Mosquitto
+from edvit.demo.keywords import Spoken, score_events
 from edvit.fusion import NumpyFusionMLP
 from edvit.preprocess import AudioPreprocess, preprocess
 from modelgen.report import pyplot, save_figure
@@ -55,13 +55,6 @@ SITE = "stream"
 NODE = "mic"
 PERIOD_S = 0.25
 GAP_S = (5.0, 25.0)  # seconds of background between keywords
-
-
-@dataclass(frozen=True)
-class Keyword:
-    label: str
-    start_s: float  # where its 1 s clip starts in the recording
-    end_s: float
 
 
 def _clips(data: Path, listing: Path | None, classes: list[str]) -> dict[str, list[Path]]:
@@ -80,7 +73,7 @@ def _clips(data: Path, listing: Path | None, classes: list[str]) -> dict[str, li
 
 def make_recording(
     bundle: Bundle, clips: dict[str, list[Path]], minutes: float, path: Path, seed: int
-) -> list[Keyword]:
+) -> list[Spoken]:
     """Write the recording (mono float WAV at the bundle's rate); where each keyword is."""
     spec = _audio(bundle)
     rate, clip = spec.sample_rate, spec.clip_samples
@@ -90,7 +83,7 @@ def make_recording(
         raise SystemExit("need clips of the background classes and of the keywords")
     rng = np.random.default_rng(seed)
     pieces: list[np.ndarray] = []
-    keywords: list[Keyword] = []
+    keywords: list[Spoken] = []
     length = 0
     total = int(minutes * 60 * rate)
     next_word = rng.uniform(*GAP_S) * rate
@@ -98,7 +91,7 @@ def make_recording(
         if length >= next_word:
             label = list(words)[int(rng.integers(len(words)))]
             source = words[label][int(rng.integers(len(words[label])))]
-            keywords.append(Keyword(label, length / rate, (length + clip) / rate))
+            keywords.append(Spoken(label, length / rate, (length + clip) / rate))
             next_word = length + clip + rng.uniform(*GAP_S) * rate
         else:
             source = background[int(rng.integers(len(background)))]
@@ -155,32 +148,11 @@ def detect(ticks: list[tuple[float, str, float]], rules: Rules) -> list[tuple[st
 
 
 def score(
-    events: list[tuple[str, float]], keywords: list[Keyword], window_s: float, hours: float
+    events: list[tuple[str, float]], keywords: list[Spoken], window_s: float, hours: float
 ) -> dict[str, Any]:
-    """Hits (an event of the word ending within its clip or one window after) and false
-    accepts (every other event) per hour."""
-    hit = [False] * len(keywords)
-    false = 0
-    for label, end in events:
-        match = next(
-            (
-                i
-                for i, kw in enumerate(keywords)
-                if not hit[i] and kw.label == label and kw.start_s < end <= kw.end_s + window_s
-            ),
-            None,
-        )
-        if match is None:
-            false += 1
-        else:
-            hit[match] = True
-    return {
-        "keywords": len(keywords),
-        "hits": sum(hit),
-        "hit_rate": sum(hit) / len(keywords) if keywords else None,
-        "false_accepts": false,
-        "false_accepts_per_hour": false / hours,
-    }
+    """`score_events` (the demo's), with false accepts per hour."""
+    scored = score_events(events, keywords, window_s)
+    return {**scored, "false_accepts_per_hour": scored["false_accepts"] / hours}
 
 
 def live(bundle: Bundle, recording: Path, work: Path) -> list[tuple[str, float]]:

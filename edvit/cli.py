@@ -184,24 +184,27 @@ def _cmd_site_credentials(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from edvit.demo.keywords import run_keyword_demo
     from edvit.demo.run import DemoError, DemoOptions, default_workdir, run_demo
     from edvit.demo.tally import print_table
 
+    kind = "keywords" if args.keywords else "digits-demo"
     opts = DemoOptions(
-        bundle=Path(args.bundle),
-        recipe=Path(args.recipe),
+        bundle=Path(args.bundle or f"bundles/{kind}"),
+        recipe=Path(args.recipe or f"config/modelgen/{kind}.yaml"),
         ticks=args.ticks,
         period_s=args.period,
         broker=args.broker,
         workdir=default_workdir(),
         embedded_broker=args.embedded_broker,
     )
+    run = run_keyword_demo if args.keywords else run_demo
     try:
-        summary = run_demo(opts, out=sys.stderr if args.json else sys.stdout)
+        summary = run(opts, out=sys.stderr if args.json else sys.stdout)
     except (DemoError, BundleError, ConfigError) as exc:
         print(f"edvit demo: {exc}", file=sys.stderr)
         return 2
-    if args.json:
+    if args.json or args.keywords:
         print(json.dumps(summary))
     else:
         print_table(summary)
@@ -275,10 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
     creds.set_defaults(func=_cmd_site_credentials)
 
     demo = sub.add_parser("demo", help="the whole site on this machine, with live results")
-    demo.add_argument("--bundle", default="bundles/digits-demo", help="bundle (built if missing)")
     demo.add_argument(
-        "--recipe", default="config/modelgen/digits-demo.yaml", help="recipe to build it from"
+        "--keywords",
+        action="store_true",
+        help="the keyword path: a microphone node hearing a recording, events as they fire "
+        "(first run: makes the keyword dataset and builds its bundle, ~30 min on 2 cores)",
     )
+    demo.add_argument(
+        "--bundle", help="bundle, built if missing (default: bundles/digits-demo or keywords)"
+    )
+    demo.add_argument("--recipe", help="recipe to build it from (default: config/modelgen/…)")
     demo.add_argument("--ticks", type=int, default=100, help="results to wait for")
     demo.add_argument("--period", type=float, default=0.25, help="seconds between ticks")
     demo.add_argument("--broker", help="HOST:PORT of a broker to use instead of a private one")

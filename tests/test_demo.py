@@ -149,3 +149,50 @@ def test_interrupt_stops_everything(first_run: tuple[Demo, dict[str, Any], str])
     assert proc.returncode == 0
     assert "accuracy" in out  # the final table still comes
     assert demo.leftovers() == []
+
+
+def test_keyword_demo_plays_a_recording_and_prints_its_events(tmp_path: Path) -> None:
+    """`edvit demo --keywords` on a tiny keyword bundle with background classes: one pass
+    over a recording of its test clips, each event printed with what was said there, and
+    the hits and false accepts of the pass."""
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto; scripts/setup.sh)")
+    demo = Demo(tmp_path)
+    words = ["yes", "no", "_silence_", "_unknown_"]
+    made = subprocess.run(
+        [str(BIN / "modelgen"), "dataset", "keywords", "--out", str(tmp_path / "words"),
+         "--per-word", "10", "--heldout-per-word", "1", "--workers", "1"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr[-2000:]
+    recipe = {
+        **TINY,
+        "name": "tiny-keyword-demo",
+        "dataset": {
+            "kind": "audiofolder",
+            "root": "words",
+            "classes": words,
+            "background_classes": ["_silence_", "_unknown_"],
+            "split": {"val_fraction": 0.2, "test_fraction": 0.4, "seed": 0},
+        },
+        "preprocess": {"kind": "audio", "n_mels": 16, "hop_length": 500, "n_frames": 32},
+        "model": {"arch": "vit:img=16x32,patch=4,chans=1,embed=32,depth=1,heads=4"},
+        "train": {**TINY["train"], "epochs": 30},
+        "distill": {**TINY["distill"], "epochs": 10},
+        "plan": {"num_submodels": 2},
+    }
+    (tmp_path / "kw.yaml").write_text(yaml.safe_dump(recipe))
+    proc = demo.run("--keywords", "--recipe", str(tmp_path / "kw.yaml"), timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "building the bundle" in proc.stderr
+    assert "making the keyword dataset" not in proc.stderr  # it was there already
+    *lines, last = proc.stdout.strip().splitlines()
+    summary = json.loads(last)
+    assert set(summary) == {"recording_s", "keywords", "hits", "hit_rate", "false_accepts"}
+    assert summary["keywords"] == 8  # 4 test clips of each word, at most 8 in the recording
+    assert summary["recording_s"] == 4 * summary["keywords"]  # 3 background clips a word
+    events = [line for line in lines if line.startswith("event")]
+    assert len(events) == summary["hits"] + summary["false_accepts"]
+    assert all("said there:" in line for line in events)
+    assert not any(line.split()[1] in ("_silence_", "_unknown_") for line in events)
+    assert demo.leftovers() == []

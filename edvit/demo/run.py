@@ -60,7 +60,7 @@ class DemoOptions:
     embedded_broker: bool = False  # amqtt even where mosquitto is installed
 
 
-def _command(name: str) -> str:
+def command(name: str) -> str:
     """A console script of this install (next to the interpreter), else from PATH."""
     found = installed_command(name)
     if found is None:
@@ -68,7 +68,7 @@ def _command(name: str) -> str:
     return found
 
 
-def _run_step(what: str, cmd: list[str], log: TextIO) -> None:
+def run_step(what: str, cmd: list[str], log: TextIO) -> None:
     print(f"demo: {what}: {' '.join(cmd)}", file=log, flush=True)
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=log, check=False)
     if proc.returncode != 0:
@@ -78,18 +78,18 @@ def _run_step(what: str, cmd: list[str], log: TextIO) -> None:
 def ensure_bundle(opts: DemoOptions, log: TextIO) -> Bundle:
     """Reuse the bundle if it verifies, else build it from the recipe."""
     if not (opts.bundle / "manifest.json").is_file():
-        cmd = [_command("modelgen"), "build", str(opts.recipe), "--out", str(opts.bundle)]
-        _run_step("building the bundle (first run only)", cmd, log)
+        cmd = [command("modelgen"), "build", str(opts.recipe), "--out", str(opts.bundle)]
+        run_step("building the bundle (first run only)", cmd, log)
     bundle = load_bundle(opts.bundle)
     if not (opts.bundle / "replay" / "labels.json").is_file():
         cmd = [
-            _command("modelgen"),
+            command("modelgen"),
             "samples",
             str(opts.bundle),
             "--out",
             str(opts.bundle / "replay"),
         ]
-        _run_step("writing the test split as replay files", cmd, log)
+        run_step("writing the test split as replay files", cmd, log)
     return bundle
 
 
@@ -238,9 +238,9 @@ def run_demo(
         if not client.connect_and_wait(10):
             raise DemoError(f"the broker at {host}:{port} does not answer")
         bundle_arg = ["--bundle", str(opts.bundle), "--config", str(config)]
-        children.start("aggregator", [_command("aggregator"), "run", *bundle_arg], opts.workdir)
+        children.start("aggregator", [command("aggregator"), "run", *bundle_arg], opts.workdir)
         for node in site["nodes"]:
-            cmd = [_command("edge-node"), "run", *bundle_arg, "--node", node]
+            cmd = [command("edge-node"), "run", *bundle_arg, "--node", node]
             children.start(node, cmd, opts.workdir)
         while len(tally.results) < opts.ticks:
             try:
