@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keywords",
         action="store_true",
         help="the keyword path: a microphone node hearing a recording, events as they fire "
-        "(first run: makes the keyword dataset and builds its bundle, ~30 min on 2 cores)",
+        "(first run: makes the keyword dataset and builds its bundle, ~15 min on 2 cores)",
     )
     demo.add_argument(
         "--bundle", help="bundle, built if missing (default: bundles/digits-demo or keywords)"
