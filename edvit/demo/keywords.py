@@ -22,7 +22,7 @@ import yaml
 
 from edvit import media, topics
 from edvit.bundle import Bundle
-from edvit.config.site import BrokerConfig, parse_broker
+from edvit.config.site import BrokerConfig
 from edvit.demo.run import (
     Children,
     DemoError,
@@ -32,7 +32,7 @@ from edvit.demo.run import (
     node_layout,
     run_step,
     site_config,
-    start_broker,
+    use_broker,
 )
 from edvit.mqtt import Message, MqttClient
 from edvit.preprocess import AudioPreprocess
@@ -127,12 +127,7 @@ def run_keyword_demo(
     client = None
     events: list[tuple[str, float]] = []
     try:
-        if opts.broker is not None:
-            host, port = parse_broker(opts.broker)
-            port = port or 1883
-        else:
-            broker = start_broker(opts, log)
-            host, port = broker.host, broker.port
+        broker, host, port = use_broker(opts, log)
         site = site_config(bundle, host, port, opts.period_s)
         source = {"kind": "recording", "path": str(recording)}
         for node in site["nodes"].values():

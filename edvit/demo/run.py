@@ -150,6 +150,15 @@ def start_broker(opts: DemoOptions, log: TextIO) -> BrokerProcess:
     )
 
 
+def use_broker(opts: DemoOptions, log: TextIO) -> tuple[BrokerProcess | None, str, int]:
+    """(the private broker started, or None for `--broker`; its host; its port)."""
+    if opts.broker is not None:
+        host, port = parse_broker(opts.broker)
+        return None, host, port or 1883
+    broker = start_broker(opts, log)
+    return broker, broker.host, broker.port
+
+
 class Children:
     """The demo's processes: started in order, stopped in reverse, never left behind."""
 
@@ -211,12 +220,7 @@ def run_demo(
     broker: BrokerProcess | None = None
     client: MqttClient | None = None
     try:
-        if opts.broker is not None:
-            host, port = parse_broker(opts.broker)
-            port = port or 1883
-        else:
-            broker = start_broker(opts, log)
-            host, port = broker.host, broker.port
+        broker, host, port = use_broker(opts, log)
         site = site_config(bundle, host, port, opts.period_s)
         config = opts.workdir / "site.yaml"
         config.write_text(yaml.safe_dump(site, sort_keys=False))
