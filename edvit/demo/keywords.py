@@ -150,12 +150,7 @@ def run_keyword_demo(
         )
         if not client.connect_and_wait(10):
             raise DemoError(f"the broker at {host}:{port} does not answer")
-        common = ["--bundle", str(opts.bundle), "--config", str(config)]
-        children.start("aggregator", [command("aggregator"), "run", *common], opts.workdir)
-        for node in site["nodes"]:
-            children.start(
-                node, [command("edge-node"), "run", *common, "--node", node], opts.workdir
-            )
+        children.start_site(opts, config, list(site["nodes"]))
         first: float | None = None
         while first is None or time.time() < first + duration:
             try:

@@ -171,6 +171,13 @@ class Children:
         out.close()
         self.procs.append((name, proc))
 
+    def start_site(self, opts: DemoOptions, config: Path, nodes: list[str]) -> None:
+        """The aggregator, then each node, with the commands the units run."""
+        common = ["--bundle", str(opts.bundle), "--config", str(config)]
+        self.start("aggregator", [command("aggregator"), "run", *common], opts.workdir)
+        for node in nodes:
+            self.start(node, [command("edge-node"), "run", *common, "--node", node], opts.workdir)
+
     def check(self, logdir: Path) -> None:
         for name, proc in self.procs:
             if proc.poll() is not None:
@@ -241,11 +248,7 @@ def run_demo(
         )
         if not client.connect_and_wait(10):
             raise DemoError(f"the broker at {host}:{port} does not answer")
-        bundle_arg = ["--bundle", str(opts.bundle), "--config", str(config)]
-        children.start("aggregator", [command("aggregator"), "run", *bundle_arg], opts.workdir)
-        for node in site["nodes"]:
-            cmd = [command("edge-node"), "run", *bundle_arg, "--node", node]
-            children.start(node, cmd, opts.workdir)
+        children.start_site(opts, config, list(site["nodes"]))
         while len(tally.results) < opts.ticks:
             try:
                 msg = inbox.get(timeout=1.0)
