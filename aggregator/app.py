@@ -48,6 +48,7 @@ RESULT_QOS = 1
 EVENT_QOS = 1
 LATENCY_WINDOW = 1000  # results the latency percentiles are taken over
 HEARTBEAT_MAX_S = 0.25  # the worker wakes at least this often
+COUNTS_EVERY_S = 1.0  # counts falling as events age out are republished this often
 
 
 class Aggregator:
@@ -82,6 +83,7 @@ class Aggregator:
         self.aligner: Aligner | None = None
         self.events: EventDetector | None = None  # None: events disabled in the site config
         self.counts: Counts | None = None
+        self._counts_due = 0.0  # monotonic time of the next count check
         self._expected: dict[str, tuple[str, int]] = {}
         self._senders: dict[str, tuple[str, str]] = {}  # feature topic → (node, sub-model)
         self._count_topics: dict[str, str] = {}  # class → its count topic
@@ -226,7 +228,8 @@ class Aggregator:
                     emitted += self._accept(aligner, msg)
                 for tick in emitted:
                     self._publish(tick)
-                self._publish_counts()
+                if time.monotonic() >= self._counts_due:  # not per message: hourly windows
+                    self._publish_counts()
             except Exception:  # a bug must not end the service: count it, keep fusing
                 with self._lock:
                     self._errors += 1
@@ -294,11 +297,13 @@ class Aggregator:
                 self.client.publish_json(topics.event(self.cfg.site), event.payload(), EVENT_QOS)
                 if self.counts is not None:
                     self.counts.add(event)
+                    self._publish_counts()
                 if self.print_results:
                     print(f"event {event.label} ({event.score:.3f})", file=self._out, flush=True)
 
     def _publish_counts(self) -> None:
         """Republish (retained) the counts that changed since they were last published."""
+        self._counts_due = time.monotonic() + COUNTS_EVERY_S
         if self.counts is None or self.client is None:
             return
         for payload in self.counts.changed(self._clock()):

@@ -55,19 +55,10 @@ class Grants:
     """What one login may do: mosquitto ACL access levels → topic filters."""
 
     config_key: str
+    credential: str  # its password file's name: what the units' LoadCredential= reads
     read: list[str] = field(default_factory=list)
     write: list[str] = field(default_factory=list)
     readwrite: list[str] = field(default_factory=list)
-
-
-def credential_name(cfg: SiteConfig, login: str) -> str:
-    """The file name of a login's password: what the units' LoadCredential= reads."""
-    if login == cfg.aggregator.mqtt_user:
-        return "aggregator"
-    for node_id in cfg.nodes:
-        if cfg.login(node_id) == login:
-            return f"node-{node_id}"
-    return f"reader-{login}"
 
 
 def discovery_filter(cfg: SiteConfig) -> str:
@@ -84,6 +75,7 @@ def grants(cfg: SiteConfig) -> dict[str, Grants]:
     for node_id, node in cfg.nodes.items():
         mine = Grants(
             f"nodes.{node_id}",
+            f"node-{node_id}",
             write=[
                 f"{topics.node_prefix(site, node_id)}/feat/+",
                 topics.node_status(site, node_id),
@@ -97,6 +89,7 @@ def grants(cfg: SiteConfig) -> dict[str, Grants]:
             mine.read.append(topics.frame(site, node.source.camera))
         out[cfg.login(node_id) or node_id] = mine
     out[cfg.aggregator.mqtt_user] = Grants(
+        "aggregator",
         "aggregator",
         read=[topics.feat_wildcard(site)],
         write=[
@@ -120,7 +113,7 @@ def grants(cfg: SiteConfig) -> dict[str, Grants]:
         discovery_filter(cfg),
     ]
     for i, reader in enumerate(cfg.readers):
-        out[reader] = Grants(f"readers[{i}]", read=list(readable))
+        out[reader] = Grants(f"readers[{i}]", f"reader-{reader}", read=list(readable))
     return out
 
 
@@ -233,8 +226,8 @@ def write_site_credentials(
         )
     passwords: dict[str, str] = {}
     if cfg.broker.auth == "password":
-        for login in grants(cfg):
-            path = out / "credentials" / credential_name(cfg, login)
+        for login, g in grants(cfg).items():
+            path = out / "credentials" / g.credential
             kept = _read_password(path)
             passwords[login] = kept or secrets.token_urlsafe(24)
             if kept is None:

@@ -20,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edvit.config.site import load_site_config
 from edvit.demo.brokers import BrokerProcess, Mosquitto, free_port, mosquitto_binary, port_open
-from edvit.provision import credential_name, grants
+from edvit.provision import grants
 
 __all__ = [
     "Mosquitto",
@@ -56,10 +56,9 @@ def provision(site: Path, out: Path, *args: str) -> subprocess.CompletedProcess[
 
 def passwords(site: Path, out: Path) -> dict[str, str]:
     """login → the password `edvit site credentials` wrote for it."""
-    cfg = load_site_config(site)
     return {
-        login: (out / "credentials" / credential_name(cfg, login)).read_text().strip()
-        for login in grants(cfg)
+        login: (out / "credentials" / g.credential).read_text().strip()
+        for login, g in grants(load_site_config(site)).items()
     }
 
 
