@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -127,6 +128,13 @@ class BaseEntry(ModelCost):
     )
 
 
+class Precision(StrEnum):
+    """How a sub-model's ONNX holds its weights (the safetensors are fp32 either way)."""
+
+    fp32 = "fp32"
+    int8 = "int8"
+
+
 class SubmodelEntry(ModelCost):
     """One class-specific sub-model: what a node runs and what the aggregator expects from it."""
 
@@ -142,7 +150,18 @@ class SubmodelEntry(ModelCost):
         min_length=3, max_length=3, description="One sample's input (C, H, W), batch excluded."
     )
     onnx: FileRef = Field(description="The ONNX model nodes run.")
-    safetensors: FileRef = Field(description="The same weights as safetensors (for torch).")
+    safetensors: FileRef = Field(description="The fp32 weights as safetensors (for torch).")
+    precision: Precision = Field(
+        default=Precision.fp32,
+        description="fp32: the ONNX reproduces torch within 1e-4; int8: quantized, its "
+        "features within the recipe's feature_error_budget of the fp32 graph's.",
+    )
+    feature_error: float | None = Field(
+        default=None,
+        ge=0,
+        description="int8 only: relative RMS error of its features against the fp32 graph's, "
+        "measured at export on test samples.",
+    )
     onnx_input: str = Field(default="input", min_length=1, description="ONNX input name.")
     onnx_outputs: list[str] = Field(
         default_factory=lambda: ["features", "logits"],

@@ -26,9 +26,16 @@ from safetensors.numpy import load_file as load_arrays
 from safetensors.numpy import save_file as save_arrays
 from timm.models.vision_transformer import VisionTransformer
 
-from edvit.bundle import SCHEMA_VERSION, EventsEntry, Manifest, write_manifest
+from edvit.bundle import (
+    SCHEMA_VERSION,
+    EventsEntry,
+    Manifest,
+    Precision,
+    SubmodelEntry,
+    write_manifest,
+)
 from edvit.config import DevicesFile, load_config
-from edvit.config.recipe import Grouping, PruneMethod, Recipe
+from edvit.config.recipe import ExportSpec, Grouping, PruneMethod, Recipe
 from edvit.fusion import hidden_size, softmax
 from edvit.plan import SubmodelPlan
 from edvit.preprocess import fit_normalization, parse_preprocess, preprocess_batch
@@ -550,15 +557,37 @@ def build(
 
 
 def build_file(
-    recipe_path: Path, out: Path, log: Log = print, sign: Ed25519PrivateKey | None = None
+    recipe_path: Path,
+    out: Path,
+    log: Log = print,
+    sign: Ed25519PrivateKey | None = None,
+    cache_dir: Path | None = None,
 ) -> Manifest:
-    """`modelgen build RECIPE --out DIR [--sign KEY]`: relative paths in the recipe are from
-    its folder."""
+    """`modelgen build RECIPE --out DIR [--sign KEY] [--cache DIR]`: relative paths in the
+    recipe are from its folder."""
     recipe = load_config(recipe_path, Recipe)
     try:
-        return build(recipe, recipe_path.resolve().parent, out, log, sign=sign)
+        return build(recipe, recipe_path.resolve().parent, out, log, cache_dir, sign)
     except BuildError as exc:
         raise BuildError(f"{recipe_path}: {exc}") from None
+
+
+def _int8(spec: ExportSpec, data: Prepared, out: Path, entry: SubmodelEntry) -> SubmodelEntry:
+    """The entry's ONNX quantized (calibrated on training samples when static), its feature
+    error measured on test samples."""
+    from modelgen.quantize import quantize_submodel
+
+    batch = 16
+    calibration = [
+        np.asarray(data.x["train"][i : i + batch])
+        for i in range(0, min(spec.calibration_samples, len(data.x["train"])), batch)
+    ]
+    check = [np.asarray(data.x["test"][i : i + batch]) for i in range(0, 64, batch)]
+    check = [c for c in check if len(c)]
+    onnx_ref, error = quantize_submodel(out, entry.onnx, spec, calibration, check)
+    return entry.model_copy(
+        update={"onnx": onnx_ref, "precision": Precision.int8, "feature_error": error}
+    )
 
 
 def _export(
@@ -578,7 +607,10 @@ def _export(
     entries = []
     for s in subs:
         onnx_ref, st_ref = export_submodel(s.model, s.config, out, s.plan.id, sample)
-        entries.append(submodel_entry(s.plan, s.config, onnx_ref, st_ref))
+        entry = submodel_entry(s.plan, s.config, onnx_ref, st_ref)
+        if recipe.export.precision is Precision.int8:
+            entry = _int8(recipe.export, data, out, entry)
+        entries.append(entry)
     base_config = ModelConfig(shape, len(data.classes))
     base_onnx, base_st = export_submodel(base.model, base_config, out, "base", sample)
     fusion_ref = export_fusion(fusion, out)

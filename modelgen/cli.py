@@ -121,6 +121,7 @@ def _cmd_build(args: argparse.Namespace) -> None:
             Path(args.out),
             log=lambda msg: print(msg, file=sys.stderr),
             sign=key,
+            cache_dir=None if args.cache is None else Path(args.cache),
         )
     except (BuildError, DatasetError, ExportError, BundleError, KeyFileError) as exc:
         raise CliError(str(exc)) from None
@@ -256,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("recipe", help="recipe YAML (config/modelgen/*.yaml)")
     build.add_argument("--out", required=True, help="bundle directory (stages cached inside)")
     build.add_argument("--sign", metavar="KEY", help="sign the bundle with this private key")
+    build.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="stage cache (default OUT/.cache): recipes that differ only in `export` share "
+        "every trained model",
+    )
     build.set_defaults(func=_cmd_build)
 
     keygen = sub.add_parser("keygen", help="a new ed25519 key pair for signing bundles")

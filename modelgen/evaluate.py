@@ -19,6 +19,7 @@ from edvit.bundle import Bundle, load_bundle
 from edvit.fusion import NumpyFusionMLP, softmax
 from edvit.onnx import ONNX_INPUT, ONNX_OUTPUTS, ort_session
 from edvit.preprocess import preprocess_batch
+from modelgen.sizing import MIB
 
 LATENCY_RUNS = 20
 
@@ -122,6 +123,8 @@ def evaluate_bundle(
                 "classes": sub.classes,
                 "heads": sub.heads,
                 "size_mib": sub.size_mib,
+                "precision": sub.precision.value,
+                "onnx_mib": sub.onnx.bytes / MIB,
                 "gmacs": sub.gmacs,
                 "latency_ms": _latency_ms(session, x),
                 "group_acc": _acc(
@@ -152,6 +155,7 @@ def evaluate_bundle(
         result["base"] = {
             "heads": m.base.num_heads,
             "size_mib": m.base.size_mib,
+            "onnx_mib": m.base.onnx.bytes / MIB,
             "gmacs": m.base.gmacs,
             "latency_ms": _latency_ms(session, x),
         }

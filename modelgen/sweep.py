@@ -63,9 +63,9 @@ def sweep_row(n: int, bundle_dir: Path, manifest: Manifest, seconds: float) -> d
         "fused_acc": ev["fused_acc"],
         "avg_softmax_acc": ev["avg_softmax_acc"],
         "base_latency_ms": ev["base"]["latency_ms"],
-        "base_size_mib": ev["base"]["size_mib"],
+        "base_size_mib": ev["base"]["onnx_mib"],
         "device_latency_ms": _per_device(manifest, per_sub, "latency_ms"),
-        "device_size_mib": _per_device(manifest, per_sub, "size_mib"),
+        "device_size_mib": _per_device(manifest, per_sub, "onnx_mib"),  # files as shipped
         "heads": [s["heads"] for s in per_sub],
         "classes": manifest.classes,
         "confusion": _confusion(ev["predictions"], len(manifest.classes)),

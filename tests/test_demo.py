@@ -111,6 +111,31 @@ def test_first_run_builds_then_reports_on_mosquitto(
     assert demo.leftovers() == []
 
 
+def test_an_int8_bundle_runs_through_the_demo(
+    first_run: tuple[Demo, dict[str, Any], str], tmp_path: Path
+) -> None:
+    """The same recipe with `export.precision: int8` (its trained models taken from the first
+    run's cache): the nodes run the quantized sub-models and the site still answers."""
+    demo, _, _ = first_run
+    recipe = tmp_path / "int8.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY, "export": {"precision": "int8"}}))
+    int8 = Demo(tmp_path)
+    built = subprocess.run(
+        [str(BIN / "modelgen"), "build", str(recipe), "--out", str(int8.bundle),
+         "--cache", str(demo.bundle / ".cache")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "distilling" not in built.stderr
+    manifest = json.loads((int8.bundle / "manifest.json").read_text())
+    assert {s["precision"] for s in manifest["submodels"]} == {"int8"}
+    proc = int8.run("--ticks", str(TICKS), "--period", "0.25", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "building" not in proc.stderr
+    check_summary(json.loads(proc.stdout), proc.stderr)
+    assert int8.leftovers() == []
+
+
 def test_later_runs_reuse_the_bundle_on_amqtt(first_run: tuple[Demo, dict[str, Any], str]) -> None:
     if importlib.util.find_spec("amqtt") is None:
         pytest.skip("amqtt is not installed (pip install -e '.[demo]')")

@@ -42,7 +42,7 @@ def test_every_n_built_on_one_base(swept: tuple[Path, dict[str, Any], str]) -> N
         ev = json.loads(modelgen("eval", out / row["bundle"], "--json", cwd=out).stdout)
         for key in ("fused_acc", "base_acc", "avg_softmax_acc", "samples"):
             assert row[key] == ev[key]
-        assert row["device_size_mib"] == max(s["size_mib"] for s in ev["per_submodel"])
+        assert row["device_size_mib"] == max(s["onnx_mib"] for s in ev["per_submodel"])
         assert sum(map(sum, row["confusion"])) == ev["samples"]
         correct = sum(row["confusion"][c][c] for c in range(len(row["classes"])))
         assert correct / ev["samples"] == pytest.approx(ev["fused_acc"])
@@ -62,7 +62,7 @@ def test_report_of_a_sweep(swept: tuple[Path, dict[str, Any], str]) -> None:
     assert labels == [
         ("N sub-models", "test accuracy"),
         ("N sub-models", "latency per device (ms, 1 thread)"),
-        ("N sub-models", "size per device (MiB)"),
+        ("N sub-models", "ONNX per device (MiB)"),
     ]
     for ax, key, base in zip(
         fig.axes,

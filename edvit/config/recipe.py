@@ -10,7 +10,7 @@ from enum import StrEnum
 
 from pydantic import Field, model_validator
 
-from edvit.bundle import DEFAULT_THRESHOLD, EventTiming
+from edvit.bundle import DEFAULT_THRESHOLD, EventTiming, Precision
 from edvit.config.base import StrictModel
 from edvit.config.dataset import DatasetSpec
 from edvit.preprocess import PreprocessSpec
@@ -137,6 +137,36 @@ class EventsSpec(EventTiming):
     )
 
 
+class Quantization(StrEnum):
+    """ONNX Runtime's two int8 methods (modelgen/quantize.py)."""
+
+    dynamic = "dynamic"
+    static = "static"
+
+
+class ExportSpec(StrictModel):
+    """What the nodes' ONNX files hold."""
+
+    precision: Precision = Field(
+        default=Precision.fp32,
+        description="fp32, or int8: the sub-models quantized (the base stays fp32 for eval).",
+    )
+    quantization: Quantization = Field(
+        default=Quantization.dynamic,
+        description="int8 only: dynamic (weights int8, activations scaled per call) or "
+        "static (QDQ, activation ranges calibrated on training samples).",
+    )
+    calibration_samples: int = Field(
+        default=256, ge=1, description="static only: training samples that calibrate ranges."
+    )
+    feature_error_budget: float = Field(
+        default=0.1,
+        gt=0,
+        description="int8 only: the largest relative RMS error of a sub-model's features "
+        "against its fp32 graph on test samples; above it the build fails.",
+    )
+
+
 class Recipe(StrictModel):
     name: str = Field(description="A short name for the bundle, shown in reports.")
     seed: int = Field(default=0, description="Seeds every random choice of the build.")
@@ -157,6 +187,9 @@ class Recipe(StrictModel):
     events: EventsSpec = Field(
         default_factory=EventsSpec,
         description="Event thresholds (calibrated), patience, refractory time.",
+    )
+    export: ExportSpec = Field(
+        default_factory=ExportSpec, description="Precision of the sub-models' ONNX."
     )
     threads: int = Field(default=2, ge=1, description="CPU threads torch may use.")
     device: str = Field(
