@@ -32,7 +32,6 @@ split.seed: the same folder and spec give the same samples, names and parts.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -50,16 +49,12 @@ from modelgen.datasets.base import (
     source_name,
 )
 from modelgen.datasets.keywords import KEYWORDS, SILENCE, UNKNOWN
-from modelgen.datasets.split import PARTS, stratified_split
+from modelgen.datasets.split import PARTS, round_half_up, stratified_split
 
 CLASSES: tuple[str, ...] = (*KEYWORDS, UNKNOWN, SILENCE)
 LISTS = {"val": "validation_list.txt", "test": "testing_list.txt"}
 CLIP_SECONDS = 1
 _UNKNOWN_DRAW, _SILENCE_DRAW = 1, 2  # separate streams of split.seed
-
-
-def _round(x: float) -> int:
-    return math.floor(x + 0.5)
 
 
 def _read_list(path: Path, root: Path) -> list[tuple[int, str]]:
@@ -203,12 +198,12 @@ def load_speech_commands(spec: SpeechCommandsDataset, base_dir: Path | None = No
             pool = np.flatnonzero((labels == label[UNKNOWN]) & (parts == p))
             rng = np.random.default_rng([spec.split.seed, _UNKNOWN_DRAW, p])
             keep[pool] = False
-            keep[rng.permutation(pool)[: _round(spec.unknown_share * mean[p])]] = True
+            keep[rng.permutation(pool)[: round_half_up(spec.unknown_share * mean[p])]] = True
     entries: list[tuple[int, str, int, Path | media.FloatArray]] = [
         (int(labels[i]), sources[i], int(parts[i]), clips[i][1]) for i in np.flatnonzero(keep)
     ]
     if SILENCE in label:
-        counts = [_round(spec.silence_share * m) for m in mean]
+        counts = [round_half_up(spec.silence_share * m) for m in mean]
         entries += [
             (label[SILENCE], name, part, clip)
             for part, name, clip in cut_silence(root, spec, counts)

@@ -38,7 +38,8 @@ class Split:
         return {p: len(self.part(p)) for p in PARTS}
 
 
-def _round(x: float) -> int:
+def round_half_up(x: float) -> int:
+    """Rounding that does not depend on parity (Python's round(2.5) is 2)."""
     return math.floor(x + 0.5)
 
 
@@ -51,7 +52,7 @@ def _allocate(n: int, fraction: float, available: int) -> int:
     """
     if fraction <= 0 or n <= 0:
         return 0
-    k = _round(n * fraction)
+    k = round_half_up(n * fraction)
     if n >= 3:
         k = max(k, 1)
     return max(0, min(k, available - 1))
