@@ -49,7 +49,14 @@ class SplitRecord(StrictModel):
     val_fraction: float = Field(description="Requested validation share.")
     test_fraction: float = Field(description="Requested test share.")
     official_test: bool = Field(
-        default=False, description="True when the test part is the dataset's own test set."
+        default=False,
+        description="True when the test part is the dataset's own test set (or one its "
+        "loader fixes, as speech_commands does).",
+    )
+    official_val: bool = Field(
+        default=False,
+        description="True when the validation part is the dataset's own (or one its loader "
+        "fixes), not a share of the rest.",
     )
     train: list[str] = Field(description="Sources of the training samples, in index order.")
     val: list[str] = Field(description="Sources of the validation samples, in index order.")
@@ -135,8 +142,19 @@ class ImageFolderDataset(_DatasetBase):
     )
 
 
-class AudioFolderDataset(_DatasetBase):
-    """A folder per class of sound files: Speech Commands, GTZAN, `modelgen dataset keywords`."""
+class _SoundDataset(_DatasetBase):
+    sample_rate: int = Field(
+        default=16000,
+        ge=1000,
+        le=384000,
+        description="Rate every file is resampled to (mono mixdown); must equal the audio "
+        "preprocessing's sample_rate.",
+    )
+
+
+class AudioFolderDataset(_SoundDataset):
+    """A folder per class of sound files: GTZAN, `modelgen dataset keywords`, or Speech
+    Commands' 35 words as they are (speech_commands makes its 12-class task)."""
 
     kind: Literal["audiofolder"] = Field(
         default="audiofolder", description="A folder of sound files per class."
@@ -146,13 +164,63 @@ class AudioFolderDataset(_DatasetBase):
         "too). Speech Commands' _background_noise_, hidden sub-folders and files other than "
         ".wav, .flac and .ogg are ignored."
     )
-    sample_rate: int = Field(
-        default=16000,
-        ge=1000,
-        le=384000,
-        description="Rate every file is resampled to (mono mixdown); must equal the audio "
-        "preprocessing's sample_rate.",
+
+
+class SpeechCommandsDataset(_SoundDataset):
+    """Google Speech Commands v2 as its 12-class task: ten keywords, `_unknown_` (every
+    other word folder) and `_silence_` (1 s cut from `_background_noise_`); see
+    modelgen.datasets.speech_commands."""
+
+    kind: Literal["speech_commands"] = Field(
+        default="speech_commands",
+        description="The Speech Commands v2 folder as published (speech_commands_v0.02).",
     )
+    root: Path = Field(
+        description="The folder holding the word folders, _background_noise_, "
+        "validation_list.txt and testing_list.txt. With both lists, they are the val and "
+        "test parts (split's fractions then only cut the noise recordings); without either, "
+        "split makes the usual seeded stratified split."
+    )
+    classes: list[str] | None = Field(
+        default=None,
+        min_length=2,
+        description="Classes to use, in this order, out of yes no up down left right on off "
+        "stop go _unknown_ _silence_; null means all twelve in that order. A keyword left "
+        "out is dropped, not folded into _unknown_.",
+    )
+    max_per_class: int | None = Field(
+        default=None,
+        ge=1,
+        description="Keep at most this many clips of each keyword (the first ones in sorted "
+        "path order, before the split), e.g. for a quick build; _unknown_ and _silence_ "
+        "follow through their shares. Null keeps all.",
+    )
+    unknown_share: float | None = Field(
+        default=1.0,
+        gt=0,
+        description="_unknown_ gets this many times one keyword's mean count in each part "
+        "(a seeded sample of that part's other-word clips; all of them if fewer), as Speech "
+        "Commands' 12-class setup balances it; null keeps every other-word clip.",
+    )
+    silence_share: float = Field(
+        default=1.0,
+        gt=0,
+        description="_silence_ gets this many times one keyword's mean count in each part, "
+        "1 s clips cut from the _background_noise_ recordings.",
+    )
+    silence_gains_db: list[float] = Field(
+        default_factory=lambda: [0.0, -10.0, -20.0, -30.0, -60.0],
+        min_length=1,
+        description="Gains (dB, at most 0) the silence clips take in turn, down to "
+        "near-silence, so quiet rooms are learnt as _silence_ too.",
+    )
+
+    @field_validator("silence_gains_db")
+    @classmethod
+    def _attenuations(cls, gains: list[float]) -> list[float]:
+        if loud := [g for g in gains if g > 0]:
+            raise ValueError(f"gains must be at most 0 dB (the recordings can clip), got {loud}")
+        return gains
 
 
 class Cifar10Dataset(_DatasetBase):
@@ -178,7 +246,11 @@ class Cifar10Dataset(_DatasetBase):
 
 
 DatasetSpec = Annotated[
-    DigitsDataset | ImageFolderDataset | AudioFolderDataset | Cifar10Dataset,
+    DigitsDataset
+    | ImageFolderDataset
+    | AudioFolderDataset
+    | SpeechCommandsDataset
+    | Cifar10Dataset,
     Field(discriminator="kind"),
 ]
 

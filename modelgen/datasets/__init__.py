@@ -13,6 +13,7 @@ from edvit.config.dataset import (
     Cifar10Dataset,
     DigitsDataset,
     ImageFolderDataset,
+    SpeechCommandsDataset,
     SplitRecord,
 )
 from modelgen.datasets.audiofolder import load_audiofolder
@@ -20,9 +21,12 @@ from modelgen.datasets.base import Dataset, DatasetError, check_preprocess
 from modelgen.datasets.cifar10 import load_cifar10
 from modelgen.datasets.digits import load_digits
 from modelgen.datasets.imagefolder import load_imagefolder
+from modelgen.datasets.speech_commands import load_speech_commands
 from modelgen.datasets.split import Split, apply_split, split_dataset, stratified_split
 
-AnyDatasetSpec = DigitsDataset | ImageFolderDataset | AudioFolderDataset | Cifar10Dataset
+AnyDatasetSpec = (
+    DigitsDataset | ImageFolderDataset | AudioFolderDataset | SpeechCommandsDataset | Cifar10Dataset
+)
 
 
 def load_dataset(spec: AnyDatasetSpec, base_dir: str | Path | None = None) -> Dataset:
@@ -35,6 +39,8 @@ def load_dataset(spec: AnyDatasetSpec, base_dir: str | Path | None = None) -> Da
         return load_imagefolder(spec, base)
     if isinstance(spec, AudioFolderDataset):
         return load_audiofolder(spec, base)
+    if isinstance(spec, SpeechCommandsDataset):
+        return load_speech_commands(spec, base)
     return load_cifar10(spec, base)
 
 

@@ -29,7 +29,7 @@ def read_wav(path: Path, sample_rate: int) -> npt.NDArray[np.float32]:
 NOISE_FOLDER = "_background_noise_"
 
 
-def _skip(name: str) -> bool:
+def skip_folder(name: str) -> bool:
     """Speech Commands keeps noise recordings in `_background_noise_`: not a class (but
     `_silence_` and `_unknown_` are)."""
     return name == NOISE_FOLDER or name.startswith(".")
@@ -42,7 +42,7 @@ def load_audiofolder(spec: AudioFolderDataset, base_dir: Path | None = None) -> 
         kind="audio",
         extensions=media.SOUND_EXTENSIONS,
         read=lambda path: read_wav(path, spec.sample_rate),
-        skip_folder=_skip,
+        skip_folder=skip_folder,
         what="sound",
         sample_rate=spec.sample_rate,
     )

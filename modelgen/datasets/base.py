@@ -26,7 +26,9 @@ class Dataset:
     `cifar10/<train|test>/<i>`) so that a split can be recorded by name and re-applied
     exactly, even if the dataset is re-read in another order or has grown.
     `official_test` holds the indices of a test set the dataset's publisher defines
-    (CIFAR-10's test_batch), else None.
+    (CIFAR-10's test_batch), else None; `official_val` likewise for validation. Speech
+    Commands fixes both while loading (its lists, or the seeded split when they are
+    absent), since its silence clips are cut per part from disjoint stretches of noise.
     """
 
     kind: Literal["image", "audio"]
@@ -36,6 +38,7 @@ class Dataset:
     sources: list[str]
     sample_rate: int | None = None
     official_test: IndexArray | None = field(default=None)
+    official_val: IndexArray | None = field(default=None)
 
     def __post_init__(self) -> None:
         n = len(self.samples)

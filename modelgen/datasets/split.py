@@ -38,7 +38,8 @@ class Split:
         return {p: len(self.part(p)) for p in PARTS}
 
 
-def _round(x: float) -> int:
+def round_half_up(x: float) -> int:
+    """Rounding that does not depend on parity (Python's round(2.5) is 2)."""
     return math.floor(x + 0.5)
 
 
@@ -51,7 +52,7 @@ def _allocate(n: int, fraction: float, available: int) -> int:
     """
     if fraction <= 0 or n <= 0:
         return 0
-    k = _round(n * fraction)
+    k = round_half_up(n * fraction)
     if n >= 3:
         k = max(k, 1)
     return max(0, min(k, available - 1))
@@ -63,12 +64,14 @@ def stratified_split(
     test_fraction: float,
     seed: int,
     fixed_test: IndexArray | None = None,
+    fixed_val: IndexArray | None = None,
 ) -> Split:
     """Shuffle each class with one seeded generator and cut it into test, val, train.
 
     Every class contributes its share to each part, so small classes still appear in the
     test set. With `fixed_test` (an official test set) those indices are the test part and
-    val_fraction is taken from the remaining samples of each class.
+    val_fraction is taken from the remaining samples of each class; with `fixed_val` too,
+    the rest is the training part.
     """
     labels = np.asarray(labels)
     if labels.ndim != 1:
@@ -82,15 +85,20 @@ def stratified_split(
     in_test = np.zeros(len(labels), dtype=bool)
     if fixed_test is not None:
         in_test[np.asarray(fixed_test, dtype=np.int64)] = True
+    in_val = np.zeros(len(labels), dtype=bool)
+    if fixed_val is not None:
+        in_val[np.asarray(fixed_val, dtype=np.int64)] = True
+    if (in_val & in_test).any():
+        raise ValueError("the fixed validation and test parts overlap")
     train: list[IndexArray] = []
-    val: list[IndexArray] = []
+    val: list[IndexArray] = [np.flatnonzero(in_val).astype(np.int64)]
     test: list[IndexArray] = [np.flatnonzero(in_test).astype(np.int64)]
     for label in np.unique(labels):
-        members = np.flatnonzero((labels == label) & ~in_test).astype(np.int64)
+        members = np.flatnonzero((labels == label) & ~in_test & ~in_val).astype(np.int64)
         order = rng.permutation(members)
         n = len(order)
         n_test = 0 if fixed_test is not None else _allocate(n, test_fraction, n)
-        n_val = _allocate(n, val_fraction, n - n_test)
+        n_val = 0 if fixed_val is not None else _allocate(n, val_fraction, n - n_test)
         test.append(order[:n_test])
         val.append(order[n_test : n_test + n_val])
         train.append(order[n_test + n_val :])
@@ -127,13 +135,19 @@ def record_split(dataset: Dataset, split: Split, spec: SplitSpec) -> SplitRecord
         val_fraction=spec.val_fraction,
         test_fraction=spec.test_fraction,
         official_test=dataset.official_test is not None,
+        official_val=dataset.official_val is not None,
         **{p: [dataset.sources[i] for i in split.part(p)] for p in PARTS},
     )
 
 
 def split_dataset(dataset: Dataset, spec: SplitSpec) -> tuple[Split, SplitRecord]:
-    """Split `dataset` as `spec` says (official test set first if it has one) and record it."""
+    """Split `dataset` as `spec` says (its official parts first if it has them), record it."""
     split = stratified_split(
-        dataset.labels, spec.val_fraction, spec.test_fraction, spec.seed, dataset.official_test
+        dataset.labels,
+        spec.val_fraction,
+        spec.test_fraction,
+        spec.seed,
+        dataset.official_test,
+        dataset.official_val,
     )
     return split, record_split(dataset, split, spec)
