@@ -1,4 +1,5 @@
-"""bench/latency.py on a tiny ViT: the JSON it writes, its ratios and the int8 export."""
+"""bench/latency.py on a tiny ViT: the JSON it writes, its ratios and the int8 export; a
+real edge-node's own cost (bench/node_cost.py) on a real mosquitto."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from broker import Mosquitto
+
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "latency.py"
 
 
 def _bench() -> ModuleType:
+    if str(BENCH.parent) not in sys.path:  # as `python bench/latency.py` has it: its imports
+        sys.path.insert(0, str(BENCH.parent))
     spec = importlib.util.spec_from_file_location("bench_latency", BENCH)
     assert spec is not None
     assert spec.loader is not None
@@ -44,3 +49,25 @@ def test_tiny_run_writes_ratios_and_smaller_int8(tmp_path: Path) -> None:
     assert base["int8"]["mib"] < base["fp32"]["mib"]
     assert base["int8"]["size_ratio"] > 1.0
     assert not out.with_suffix(".png").exists()  # --tiny draws no plot
+
+
+def test_node_cost_of_a_tiny_node(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    out = tmp_path / "node_cost.json"
+    argv = ["--node-cost", "--tiny", "--broker", mosquitto.address, "--steady", "1"]
+    _bench().main([*argv, "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert list(report["nodes"]) == ["tiny"]
+    row = report["nodes"]["tiny"]
+    assert row["source"] == "images"
+    assert row["heads"] == 2  # ⌈4 / 2⌉
+    # online once connected, after the warm-up; the first feature comes at the next tick
+    assert 0 < row["online_s"] <= row["ready_s"] < 60
+    assert row["ready_s"] - row["online_s"] < 5
+    # Python, numpy, ONNX Runtime and paho are tens of MiB, whatever the model
+    assert 20 < row["rss_steady_mib"] <= row["rss_peak_mib"] < 2000
+    assert row["features_in_steady"] >= 3  # still publishing at 10 ticks/s after the first
+    assert row["exit_code"] == 0  # SIGTERM: a clean stop
+    assert row["goals"] == {
+        "rss_le_250_mb": row["rss_peak_mib"] * 2**20 <= 250e6,
+        "ready_le_10_s": row["ready_s"] <= 10,
+    }
