@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--nodes",
         default="vit-b,vit-b-audio,keywords",
-        help=f"--node-cost geometries, comma list of {', '.join(GEOMETRIES)} (--tiny: tiny)",
+        help=f"--node-cost: comma list of {', '.join(GEOMETRIES)} (--tiny: the tiny two)",
     )
     parser.add_argument(
         "--broker", help="--node-cost: this mosquitto (HOST:PORT), not a private one"
@@ -273,7 +273,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     results_dir = ROOT / "bench" / "results"
     if args.node_cost:
-        nodes = ["tiny"] if args.tiny else [k.strip() for k in args.nodes.split(",") if k.strip()]
+        nodes = (
+            ["tiny", "tiny-audio"]
+            if args.tiny
+            else [k.strip() for k in args.nodes.split(",") if k.strip()]
+        )
         if unknown := [k for k in nodes if k not in GEOMETRIES]:
             parser.error(f"--nodes: unknown {unknown}; use {', '.join(GEOMETRIES)}")
         report = _node_cost(nodes, args.broker, args.steady, log)

@@ -10,6 +10,10 @@ file played as a microphone stream by the `recording` source), against a real mo
     `online` status, published once connected (everything but the first tick);
   - RSS from /proc/<pid>/status: VmRSS `steady_s` seconds after the first feature, and the
     peak, VmHWM (the kernel's high-water mark, so a spike between two polls counts).
+Geometries: `vit-b`, the ViT-B/16 N = 10 sub-model (2 heads of 64) on 224 px images; for
+audio, `keywords`, the keyword recipe's own base, N and log-mel front-end, and `vit-b-audio`,
+the same ViT-B sub-model on 224 mel bands × 224 frames (one channel), the largest model with
+librosa beside it; `tiny` and `tiny-audio` for the test.
 Goals (issue 12): peak RSS ≤ 250 MB, ready ≤ 10 s on this machine.
 """
 
@@ -238,6 +242,7 @@ def node_cost(
 ) -> dict[str, Any]:
     """Build each geometry's bundle and measure its node; the rows and the goals."""
     rows: dict[str, Any] = {}
+    load_at_start = list(os.getloadavg())
     for key in keys:
         geo = GEOMETRIES[key]()
         t0 = time.perf_counter()
@@ -251,8 +256,9 @@ def node_cost(
         )
         log(f"node cost {key}: bundle built in {time.perf_counter() - t0:.1f} s")
         source = _source(geo.preprocess, work / key)
+        load = list(os.getloadavg())  # the other jobs the node shares the cores with
         row = measure_node(bundle, source, broker, work, f"node-{key}", steady_s=steady_s)
-        row = {"arch": geo.arch, "n": geo.n, "classes": geo.classes, **row}
+        row = {"arch": geo.arch, "n": geo.n, "classes": geo.classes, **row, "load_average": load}
         peak_mb = row["rss_peak_mib"] * MIB / 1e6
         row["goals"] = {
             "rss_le_250_mb": peak_mb <= GOAL_RSS_MB,
@@ -261,7 +267,7 @@ def node_cost(
         rows[key] = row
         log(f"node cost {key}: {row}")
     return {
-        "load_average": list(os.getloadavg()),
+        "load_average": {"start": load_at_start, "end": list(os.getloadavg())},
         "cpus": os.cpu_count(),
         "goals": {"rss_peak_mb": GOAL_RSS_MB, "ready_s": GOAL_READY_S},
         "nodes": rows,

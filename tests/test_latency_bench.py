@@ -51,23 +51,29 @@ def test_tiny_run_writes_ratios_and_smaller_int8(tmp_path: Path) -> None:
     assert not out.with_suffix(".png").exists()  # --tiny draws no plot
 
 
-def test_node_cost_of_a_tiny_node(tmp_path: Path, mosquitto: Mosquitto) -> None:
+def test_node_cost_of_tiny_image_and_audio_nodes(tmp_path: Path, mosquitto: Mosquitto) -> None:
     out = tmp_path / "node_cost.json"
     argv = ["--node-cost", "--tiny", "--broker", mosquitto.address, "--steady", "1"]
     _bench().main([*argv, "--out", str(out)])
     report = json.loads(out.read_text())
-    assert list(report["nodes"]) == ["tiny"]
-    row = report["nodes"]["tiny"]
-    assert row["source"] == "images"
-    assert row["heads"] == 2  # ⌈4 / 2⌉
-    # online once connected, after the warm-up; the first feature comes at the next tick
-    assert 0 < row["online_s"] <= row["ready_s"] < 60
-    assert row["ready_s"] - row["online_s"] < 5
-    # Python, numpy, ONNX Runtime and paho are tens of MiB, whatever the model
-    assert 20 < row["rss_steady_mib"] <= row["rss_peak_mib"] < 2000
-    assert row["features_in_steady"] >= 3  # still publishing at 10 ticks/s after the first
-    assert row["exit_code"] == 0  # SIGTERM: a clean stop
-    assert row["goals"] == {
-        "rss_le_250_mb": row["rss_peak_mib"] * 2**20 <= 250e6,
-        "ready_le_10_s": row["ready_s"] <= 10,
-    }
+    assert list(report["nodes"]) == ["tiny", "tiny-audio"]
+    assert report["cpus"] >= 1
+    assert len(report["load_average"]["start"]) == 3
+    rows = report["nodes"]
+    assert rows["tiny"]["source"] == "images"
+    assert rows["tiny-audio"]["source"] == "recording"
+    for row in rows.values():
+        assert row["heads"] == 2  # ⌈4 / 2⌉
+        # online once connected, after the warm-up; the first feature comes at the next tick
+        assert 0 < row["online_s"] <= row["ready_s"] < 60
+        assert row["ready_s"] - row["online_s"] < 5
+        # Python, numpy, ONNX Runtime and paho are tens of MiB, whatever the model
+        assert 20 < row["rss_steady_mib"] <= row["rss_peak_mib"] < 2000
+        assert row["features_in_steady"] >= 3  # still publishing at 10 ticks/s
+        assert row["exit_code"] == 0  # SIGTERM: a clean stop
+        assert row["goals"] == {
+            "rss_le_250_mb": row["rss_peak_mib"] * 2**20 <= 250e6,
+            "ready_le_10_s": row["ready_s"] <= 10,
+        }
+    # librosa (numba, scipy) is loaded by the audio front-end only
+    assert rows["tiny-audio"]["rss_peak_mib"] > rows["tiny"]["rss_peak_mib"]
