@@ -65,11 +65,10 @@ class Geometry:
 def keyword_geometry() -> Geometry:
     """The keyword recipe's own base, N and front-end (config/modelgen/keywords.yaml)."""
     recipe = load_config(KEYWORDS, Recipe)
-    if not isinstance(recipe.preprocess, AudioPreprocess):
-        raise ValueError(f"{KEYWORDS}: preprocess: expected the audio front-end")
-    return Geometry(
-        recipe.model.arch, recipe.plan.num_submodels, KEYWORD_CLASSES, recipe.preprocess
-    )
+    n = recipe.plan.num_submodels
+    if not isinstance(recipe.preprocess, AudioPreprocess) or n is None:
+        raise ValueError(f"{KEYWORDS}: expected an audio preprocess and plan.num_submodels")
+    return Geometry(recipe.model.arch, n, KEYWORD_CLASSES, recipe.preprocess)
 
 
 GEOMETRIES: dict[str, Callable[[], Geometry]] = {
