@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from node_cost import GEOMETRIES, node_cost
+from node_cost import GEOMETRIES, STARTS, node_cost
 
 from edvit.onnx import ONNX_INPUT, ONNX_OUTPUTS, ort_session
 from modelgen.export import SUBMODEL_DIR, export_submodel
@@ -202,8 +202,16 @@ def _ranked(durations: Sequence[tuple[str, float]], runs: int, top: int) -> list
     ]
 
 
+def _list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _node_cost(
-    nodes: Sequence[str], broker: str | None, steady_s: float, log: Callable[[str], None]
+    nodes: list[str],
+    starts: list[str],
+    broker: str | None,
+    steady_s: float,
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
     """bench/node_cost.py on `broker` (HOST:PORT), or on a private mosquitto."""
     from edvit.demo.brokers import Mosquitto
@@ -212,9 +220,9 @@ def _node_cost(
         work = Path(tmp)
         if broker is not None:
             host, _, port = broker.rpartition(":")
-            return node_cost(list(nodes), (host, int(port)), work, log, steady_s)
+            return node_cost(nodes, (host, int(port)), work, log, starts, steady_s)
         with Mosquitto(work / "mosquitto") as private:
-            return node_cost(list(nodes), (private.host, private.port), work, log, steady_s)
+            return node_cost(nodes, (private.host, private.port), work, log, starts, steady_s)
 
 
 def _plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -251,8 +259,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument(
         "--nodes",
-        default="vit-b,vit-b-audio,keywords",
-        help=f"--node-cost: comma list of {', '.join(GEOMETRIES)} (--tiny: the tiny two)",
+        help=f"--node-cost: comma list of {', '.join(GEOMETRIES)} (default vit-b, vit-b-audio, "
+        "keywords; --tiny: tiny, tiny-audio)",
+    )
+    parser.add_argument(
+        "--starts", default=",".join(STARTS), help="--node-cost: comma list of cold, warm"
     )
     parser.add_argument(
         "--broker", help="--node-cost: this mosquitto (HOST:PORT), not a private one"
@@ -273,14 +284,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     results_dir = ROOT / "bench" / "results"
     if args.node_cost:
-        nodes = (
-            ["tiny", "tiny-audio"]
-            if args.tiny
-            else [k.strip() for k in args.nodes.split(",") if k.strip()]
-        )
+        default = "tiny,tiny-audio" if args.tiny else "vit-b,vit-b-audio,keywords"
+        nodes = _list(args.nodes or default)
         if unknown := [k for k in nodes if k not in GEOMETRIES]:
             parser.error(f"--nodes: unknown {unknown}; use {', '.join(GEOMETRIES)}")
-        report = _node_cost(nodes, args.broker, args.steady, log)
+        starts = _list(args.starts)
+        if not starts or [s for s in starts if s not in STARTS]:
+            parser.error(f"--starts: {args.starts!r}; use a comma list of {', '.join(STARTS)}")
+        report = _node_cost(nodes, starts, args.broker, args.steady, log)
         print(json.dumps(report))
         out = args.out or results_dir / "node_cost.json"
         out.parent.mkdir(parents=True, exist_ok=True)
