@@ -11,6 +11,11 @@ efficiency = ratio / limit. Run on purpose (the machine should be quiet):
 
     .venv/bin/python bench/latency.py --models s,b
     .venv/bin/python bench/latency.py --profile     # ms per op type and per node, ViT-B N = 10
+    .venv/bin/python bench/latency.py --node-cost   # a real edge-node's RSS and start-up time
+
+`--node-cost` (bench/node_cost.py) writes `results/node_cost.json` instead: the ViT-B N = 10
+sub-model, the same on a log-mel input, and the keyword recipe's geometry, each hosted by a
+real `edge-node` on a private mosquitto (or `--broker HOST:PORT`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from node_cost import GEOMETRIES, STARTS, node_cost
 
 from edvit.onnx import ONNX_INPUT, ONNX_OUTPUTS, ort_session
 from modelgen.export import SUBMODEL_DIR, export_submodel
@@ -196,6 +202,29 @@ def _ranked(durations: Sequence[tuple[str, float]], runs: int, top: int) -> list
     ]
 
 
+def _list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _node_cost(
+    nodes: list[str],
+    starts: list[str],
+    broker: str | None,
+    steady_s: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """bench/node_cost.py on `broker` (HOST:PORT), or on a private mosquitto."""
+    from edvit.demo.brokers import Mosquitto
+
+    with tempfile.TemporaryDirectory(prefix="edvit-node-cost-") as tmp:
+        work = Path(tmp)
+        if broker is not None:
+            host, _, port = broker.rpartition(":")
+            return node_cost(nodes, (host, int(port)), work, log, starts, steady_s)
+        with Mosquitto(work / "mosquitto") as private:
+            return node_cost(nodes, (private.host, private.port), work, log, starts, steady_s)
+
+
 def _plot(results: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
 
@@ -225,11 +254,50 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="ViT-S, N = 2, 10, 5 rounds")
     parser.add_argument("--tiny", action="store_true", help="a tiny ViT (tests), no plot")
     parser.add_argument("--profile", action="store_true", help="profile ViT-B N = 10 only")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency.json")
+    parser.add_argument(
+        "--node-cost", action="store_true", help="a real edge-node's RSS and time to first feature"
+    )
+    parser.add_argument(
+        "--nodes",
+        help=f"--node-cost: comma list of {', '.join(GEOMETRIES)} (default vit-b, vit-b-audio, "
+        "keywords; --tiny: tiny, tiny-audio)",
+    )
+    parser.add_argument(
+        "--starts", default=",".join(STARTS), help="--node-cost: comma list of cold, warm"
+    )
+    parser.add_argument(
+        "--broker", help="--node-cost: this mosquitto (HOST:PORT), not a private one"
+    )
+    parser.add_argument(
+        "--steady", type=float, default=5.0, help="--node-cost: s after 1st feature"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="default results/latency.json (--node-cost: node_cost.json)"
+    )
     args = parser.parse_args(argv)
     if args.profile:
         print(json.dumps(profile("b", 10, runs=50, top=12), indent=1))
         return
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    results_dir = ROOT / "bench" / "results"
+    if args.node_cost:
+        default = "tiny,tiny-audio" if args.tiny else "vit-b,vit-b-audio,keywords"
+        nodes = _list(args.nodes or default)
+        if unknown := [k for k in nodes if k not in GEOMETRIES]:
+            parser.error(f"--nodes: unknown {unknown}; use {', '.join(GEOMETRIES)}")
+        starts = _list(args.starts)
+        if not starts or [s for s in starts if s not in STARTS]:
+            parser.error(f"--starts: {args.starts!r}; use a comma list of {', '.join(STARTS)}")
+        report = _node_cost(nodes, starts, args.broker, args.steady, log)
+        print(json.dumps(report))
+        out = args.out or results_dir / "node_cost.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1) + "\n")
+        return
+    args.out = args.out or results_dir / "latency.json"
     archs = [a.strip() for a in args.models.split(",") if a.strip()]
     ns = [int(n) for n in args.ns.split(",")]
     if args.quick:
@@ -240,9 +308,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         archs.append("l")
     if unknown := [a for a in archs if a not in ARCHS]:
         parser.error(f"--models: unknown {unknown}; use s, b, l")
-
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
 
     results = run(archs, ns, args.rounds, log)
     print(json.dumps(results))

@@ -20,7 +20,6 @@ trip p99. Run on purpose (the machine should be quiet):
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import multiprocessing
 import queue
@@ -36,19 +35,15 @@ import numpy as np
 import paho.mqtt.client as paho
 import torch
 import yaml
+from bundles import random_bundle
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edvit import topics
-from edvit.bundle import Manifest, load_bundle, write_manifest
-from edvit.config.dataset import DigitsDataset, SplitRecord, SplitSection
+from edvit.bundle import load_bundle
 from edvit.demo.brokers import Mosquitto
 from edvit.mqtt import no_delay
+from edvit.preprocess import ImagePreprocess
 from edvit.wire import encode_features
-from modelgen.export import base_entry, export_fusion, export_submodel, fusion_entry, submodel_entry
-from modelgen.fusion_model import TorchFusionMLP
-from modelgen.grouping import contiguous_groups
-from modelgen.model import ModelConfig, build_vit
-from modelgen.planning import make_plan
 from modelgen.vit_shape import parse_arch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,38 +58,8 @@ SWEEP_KEYS = (
 
 def make_bundle(out: Path) -> Path:
     """Ten real one-block ViTs of width 128 and the fusion MLP over their features."""
-    torch.manual_seed(0)
     shape = parse_arch("vit:img=8,patch=8,chans=1,embed=1280,depth=1,heads=20")  # k = 2: d = 128
-    groups = contiguous_groups(CLASSES, N)
-    plan = make_plan(shape, CLASSES, groups)
-    entries = []
-    for sp in plan.submodels:
-        config = ModelConfig(shape.with_heads(sp.heads), sp.outputs)
-        onnx, st = export_submodel(build_vit(config).eval(), config, out, sp.id)
-        entries.append(submodel_entry(sp, config, onnx, st))
-    fusion = TorchFusionMLP([s.id for s in plan.submodels], [DIM] * N, CLASSES).eval()
-    write_manifest(
-        out,
-        Manifest(
-            schema_version=1,
-            created=dt.datetime.now(dt.UTC),
-            classes=[str(c) for c in range(CLASSES)],
-            groups={s.id: s.classes for s in plan.submodels},
-            base=base_entry(shape.spec(), shape, CLASSES),
-            preprocess={"kind": "image", "height": 8, "width": 8, "channels": 1},
-            submodels=entries,
-            fusion=fusion_entry(fusion, export_fusion(fusion, out)),
-            plan=plan,
-            split=SplitSection(  # synthetic: no dataset behind it
-                dataset=DigitsDataset(kind="digits"),
-                record=SplitRecord(
-                    seed=0, val_fraction=0, test_fraction=0, train=[], val=[], test=[]
-                ),
-            ),
-            metrics={},
-        ),
-    )
-    return out
+    return random_bundle(out, shape, N, CLASSES, ImagePreprocess(height=8, width=8, channels=1))
 
 
 class Probe:
