@@ -3,7 +3,7 @@
 ViT-S/16 and ViT-B/16 at 224 px (ViT-L/16 with `--large`), the base and the largest
 sub-model Alg. 1 gives for each N (10 classes, contiguous groups, no budget: ⌈h / N⌉ heads),
 random weights (latency and size do not depend on them), exported by `modelgen.export` (its
-parity check included), fp32 and ONNX Runtime dynamic int8 (per-channel QInt8 weights).
+parity check included), fp32 and ONNX Runtime dynamic int8 (per-channel QInt8 weights, modelgen.quantize).
 Timed in ONNX Runtime with the node's session options (one intra-op thread) at batch 1, in
 interleaved rounds (every model once per round), medians. Ratios are to the fp32 base of the
 same run; the MAC limit of a ratio is base total MACs / sub total MACs (attention included),
@@ -37,11 +37,13 @@ import numpy as np
 import torch
 from node_cost import GEOMETRIES, STARTS, node_cost
 
+from edvit.config.recipe import Quantization
 from edvit.onnx import ONNX_INPUT, ONNX_OUTPUTS, ort_session
 from modelgen.export import SUBMODEL_DIR, export_submodel
 from modelgen.grouping import contiguous_groups
 from modelgen.model import ModelConfig, build_vit
 from modelgen.planning import make_plan
+from modelgen.quantize import quantize_onnx
 from modelgen.report import pyplot, save_figure
 from modelgen.sizing import MIB, vit_stats
 from modelgen.vit_shape import ViTShape, parse_arch
@@ -82,16 +84,15 @@ def models_for(arch: str, ns: Sequence[int]) -> list[Model]:
 
 
 def export_both(model: Model, out_dir: Path) -> dict[str, Path]:
-    """fp32 ONNX by our exporter (parity-checked) and its dynamic int8 quantization."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+    """fp32 ONNX by our exporter (parity-checked) and its dynamic int8 quantization, as
+    `export.precision: int8` writes it."""
     torch.manual_seed(0)
     sub_id = f"{model.arch}-n{model.n}"
     export_submodel(build_vit(model.config).eval(), model.config, out_dir, sub_id)
     fp32 = out_dir / SUBMODEL_DIR / f"{sub_id}.onnx"
     (out_dir / SUBMODEL_DIR / f"{sub_id}.safetensors").unlink()
     int8 = fp32.with_suffix(".int8.onnx")
-    quantize_dynamic(fp32, int8, per_channel=True, weight_type=QuantType.QInt8)
+    quantize_onnx(fp32, int8, Quantization.dynamic)
     return {"fp32": fp32, "int8": int8}
 
 

@@ -40,6 +40,13 @@ def _shape(args: argparse.Namespace) -> ViTShape:
         raise CliError(str(exc)) from None
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -211,6 +218,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 
 def _cmd_keywords(args: argparse.Namespace) -> None:
     from modelgen.datasets.keywords import generate_keywords
+    from modelgen.datasets.room import RoomSpec
 
     made = generate_keywords(
         Path(args.out),
@@ -218,6 +226,7 @@ def _cmd_keywords(args: argparse.Namespace) -> None:
         seed=args.seed,
         heldout_per_word=args.heldout_per_word,
         workers=args.workers,
+        room=RoomSpec(reverb=args.reverb, band=args.mic_band),
     )
     for engine, voices in made.engines.items():
         found = f"{len(voices)} voices" if voices else "not found (scripts/setup.sh installs it)"
@@ -324,6 +333,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="clips per class of each held-out corpus (default: per-word / 5)",
     )
     kw.add_argument("--workers", type=_positive_int, default=2, help="processes")
+    kw.add_argument(
+        "--reverb",
+        type=_probability,
+        default=0.0,
+        help="share of training clips said in a synthetic room (default 0)",
+    )
+    kw.add_argument(
+        "--mic-band",
+        type=_probability,
+        default=0.0,
+        help="share of training clips band-limited as a cheap microphone hears (default 0)",
+    )
     kw.set_defaults(func=_cmd_keywords)
     return parser
 

@@ -45,6 +45,21 @@ def random_shift(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Ten
     return padded[bidx, cidx, rows, cols]
 
 
+def random_mask(x: torch.Tensor, width: int, dim: int, gen: torch.Generator) -> torch.Tensor:
+    """SpecAugment's masking: per sample, one span of 0..`width` rows (dim 2) or columns
+    (dim 3) set to 0, the mean of a normalized input."""
+    if width == 0:
+        return x
+    b, size = x.shape[0], x.shape[dim]
+    span = torch.randint(0, min(width, size) + 1, (b,), generator=gen)
+    start = (torch.rand(b, generator=gen) * (size - span + 1)).long()
+    pos = torch.arange(size)[None, :]  # (1, S)
+    masked = (pos >= start[:, None]) & (pos < (start + span)[:, None])  # (B, S)
+    shape = [b, 1, 1, 1]
+    shape[dim] = size
+    return x.masked_fill(masked.view(shape), 0.0)
+
+
 def _lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -88,6 +103,8 @@ def fit(
             xb = torch.from_numpy(np.ascontiguousarray(x[idx.numpy()]))
             if spec.augment and xb.ndim == 4:
                 xb = random_shift(xb, spec.shift, gen)
+                xb = random_mask(xb, spec.freq_mask, 2, gen)
+                xb = random_mask(xb, spec.time_mask, 3, gen)
             xb = xb.to(device, non_blocking=True)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, warmup, spec.lr)

@@ -45,6 +45,18 @@ class TrainSpec(StrictModel):
         "or frames (audio spectrograms) during training.",
     )
     shift: int = Field(default=1, ge=0, description="Largest random shift in input pixels.")
+    freq_mask: int = Field(
+        default=0,
+        ge=0,
+        description="SpecAugment: with `augment`, each sample gets one band of up to this "
+        "many input rows (mel bands) set to the mean; 0: none.",
+    )
+    time_mask: int = Field(
+        default=0,
+        ge=0,
+        description="SpecAugment: with `augment`, each sample gets one span of up to this "
+        "many input columns (frames) set to the mean; 0: none.",
+    )
 
 
 class Solver(StrEnum):

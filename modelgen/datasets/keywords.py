@@ -46,6 +46,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from modelgen.datasets.room import (
+    NO_ROOM,
+    RoomSpec,
+    band_limit,
+    draw_room,
+    impulse_response,
+    reverberate,
+)
+
 KEYWORDS: tuple[str, ...] = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 UNKNOWN = "_unknown_"
 SILENCE = "_silence_"
@@ -111,6 +120,9 @@ class KeywordSample:
     shift_s: float
     noise: str
     snr_db: float
+    rt60_s: float = 0.0  # the room's reverberation time; 0: no room (modelgen.datasets.room)
+    low_cut_hz: float = 0.0  # the microphone band; 0: full band
+    high_cut_hz: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -342,10 +354,16 @@ def render_keyword(
     variants: Sequence[str],
     sample_rate: int = 16000,
     corpus: str = "",
+    room: RoomSpec = NO_ROOM,
 ) -> tuple[npt.NDArray[np.int16], KeywordSample]:
     """Make sample `index` of class `word` of `corpus` ("" for the training one) from
-    `voices` (`engine:name`): (int16 samples of one clip, what was drawn)."""
+    `voices` (`engine:name`), in a room and through a microphone band as often as `room`
+    says: (int16 samples of one clip, what was drawn). The room has its own random stream,
+    so a clip without one is the same clip whatever `room` is."""
     rng = _rng(seed, corpus + word, index)
+    rt60, drr, predelay, low_cut, high_cut = draw_room(
+        room, _rng(seed, "room/" + corpus + word, index)
+    )
     voice = voices[int(rng.integers(len(voices)))]
     variant = variants[int(rng.integers(len(variants)))] if voice.startswith(ESPEAK) else ""
     peak_dbfs = float(rng.uniform(*PEAK_DBFS))
@@ -369,7 +387,14 @@ def render_keyword(
         noise = make_noise(noise_kind, clip, sample_rate, rng) * np.float32(
             speech_rms / 10 ** (snr_db / 20)
         )
+        if rt60:
+            ir = impulse_response(
+                rt60, drr, predelay, sample_rate, rng=_rng(seed, "ir/" + corpus + word, index)
+            )
+            signal = reverberate(signal, ir)
         mix = signal + noise
+    if low_cut:
+        mix = band_limit(mix, low_cut, high_cut, sample_rate)
     peak = float(np.abs(mix).max())
     if peak > 0.99:
         mix *= np.float32(0.99 / peak)
@@ -389,6 +414,9 @@ def render_keyword(
         shift_s=round(offset / sample_rate, 5),
         noise=noise_kind,
         snr_db=round(snr_db, 3),
+        rt60_s=round(rt60, 4) if word != SILENCE else 0.0,
+        low_cut_hz=round(low_cut, 1),
+        high_cut_hz=round(high_cut, 1),
     )
     return pcm, sample
 
@@ -407,12 +435,12 @@ def write_wav(path: Path, pcm: npt.NDArray[np.int16], sample_rate: int) -> None:
         out.writeframes(pcm.astype("<i2").tobytes())
 
 
-Job = tuple[Path, str, int, int, tuple[str, ...], tuple[str, ...], int, str]
+Job = tuple[Path, str, int, int, tuple[str, ...], tuple[str, ...], int, str, RoomSpec]
 
 
 def _job(args: Job) -> KeywordSample:
-    out_dir, word, index, seed, voices, variants, sample_rate, corpus = args
-    pcm, sample = render_keyword(word, index, seed, voices, variants, sample_rate, corpus)
+    out_dir, word, index, seed, voices, variants, sample_rate, corpus, room = args
+    pcm, sample = render_keyword(word, index, seed, voices, variants, sample_rate, corpus, room)
     write_wav(out_dir / sample.file, pcm, sample_rate)
     return sample
 
@@ -487,6 +515,7 @@ def generate_keywords(
     workers: int = 2,
     heldout_per_word: int | None = None,
     background: bool = True,
+    room: RoomSpec = NO_ROOM,
 ) -> KeywordsSummary:
     """Write `per_word` clips of each class to `out_dir/<class>/<class>_<index>.wav` (the
     words, and with `background` also _unknown_ and _silence_), and `heldout_per_word`
@@ -494,8 +523,10 @@ def generate_keywords(
 
     Clips are 1 s, mono, 16-bit PCM at `sample_rate`; each corpus's keywords.json records
     the settings, the engines and voices found and used, and every clip's drawn
-    parameters. Work is spread over `workers` processes (spawned, so a parent holding torch
-    threads is safe). Without Festival there is no unseen-engine corpus (it says so).
+    parameters. `room` applies to the training corpus only: the held-out corpora stay as
+    they were, so figures on them compare across training recipes. Work is spread over
+    `workers` processes (spawned, so a parent holding torch threads is safe). Without
+    Festival there is no unseen-engine corpus (it says so).
     """
     if per_word < 1:
         raise ValueError(f"per_word must be at least 1, got {per_word}")
@@ -528,7 +559,17 @@ def generate_keywords(
         stream = "" if corpus == "train" else f"{corpus}/"
         voices = tuple(split[corpus])
         jobs = [
-            (folder, c, i, seed, voices, variants, sample_rate, stream)
+            (
+                folder,
+                c,
+                i,
+                seed,
+                voices,
+                variants,
+                sample_rate,
+                stream,
+                room if corpus == "train" else NO_ROOM,
+            )
             for c in classes
             for i in range(n)
         ]
@@ -542,6 +583,7 @@ def generate_keywords(
             "voices": list(voices),
             "held_out": {k: v for k, v in split.items() if k != "train"},
             "seed": seed,
+            "room": asdict(room if corpus == "train" else NO_ROOM),
             "per_word": n,
             "sample_rate": sample_rate,
             "clip_seconds": CLIP_SECONDS,
