@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from broker import mosquitto_binary
+from tiny import BACKGROUND, tiny_keywords_data
 
 pytestmark = pytest.mark.slow
 
@@ -183,24 +184,17 @@ def test_keyword_demo_plays_a_recording_and_prints_its_events(tmp_path: Path) ->
     if mosquitto_binary() is None:
         pytest.skip("mosquitto is not installed (apt-get install mosquitto; scripts/setup.sh)")
     demo = Demo(tmp_path)
-    words = ["yes", "no", "_silence_", "_unknown_"]
     made = subprocess.run(
         [str(BIN / "modelgen"), "dataset", "keywords", "--out", str(tmp_path / "words"),
          "--per-word", "10", "--heldout-per-word", "1", "--workers", "1"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr[-2000:]
+    split = {"val_fraction": 0.2, "test_fraction": 0.4, "seed": 0}
     recipe = {
         **TINY,
         "name": "tiny-keyword-demo",
-        "dataset": {
-            "kind": "audiofolder",
-            "root": "words",
-            "classes": words,
-            "background_classes": ["_silence_", "_unknown_"],
-            "split": {"val_fraction": 0.2, "test_fraction": 0.4, "seed": 0},
-        },
-        "preprocess": {"kind": "audio", "n_mels": 16, "hop_length": 500, "n_frames": 32},
+        **tiny_keywords_data("words", ["yes", "no", *BACKGROUND], BACKGROUND, split),
         "model": {"arch": "vit:img=16x32,patch=4,chans=1,embed=32,depth=1,heads=4"},
         "train": {**TINY["train"], "epochs": 30},
         "distill": {**TINY["distill"], "epochs": 10},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +37,28 @@ def tiny_digits(name: str, **changes: Any) -> dict[str, Any]:
     return recipe
 
 
-def tiny_keywords_data(root: str = "words") -> dict[str, Any]:
-    """The dataset and preprocess sections of a 4-word recipe on generated keyword clips."""
+BACKGROUND = ["_silence_", "_unknown_"]
+"""The background classes `modelgen dataset keywords` makes beside the words."""
+
+
+def tiny_keywords_data(
+    root: str = "words",
+    classes: Sequence[str] = ("yes", "no", "up", "down"),
+    background: Sequence[str] = (),
+    split: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The dataset and preprocess sections of a recipe on generated keyword clips (1 s at
+    16 kHz → 16 mels × 32 frames); `background` classes are among `classes`."""
+    dataset: dict[str, Any] = {
+        "kind": "audiofolder",
+        "root": root,
+        "classes": list(classes),
+        "split": dict(split or {"val_fraction": 0.25, "test_fraction": 0.25, "seed": 0}),
+    }
+    if background:
+        dataset["background_classes"] = list(background)
     return {
-        "dataset": {
-            "kind": "audiofolder",
-            "root": root,
-            "classes": ["yes", "no", "up", "down"],
-            "split": {"val_fraction": 0.25, "test_fraction": 0.25, "seed": 0},
-        },
+        "dataset": dataset,
         "preprocess": {"kind": "audio", "n_mels": 16, "hop_length": 500, "n_frames": 32},
     }
 
