@@ -3,7 +3,8 @@
 ViT-S/16 and ViT-B/16 at 224 px (ViT-L/16 with `--large`), the base and the largest
 sub-model Alg. 1 gives for each N (10 classes, contiguous groups, no budget: ⌈h / N⌉ heads),
 random weights (latency and size do not depend on them), exported by `modelgen.export` (its
-parity check included), fp32 and ONNX Runtime dynamic int8 (per-channel QInt8 weights, modelgen.quantize).
+parity check included), fp32 and ONNX Runtime dynamic int8 (per-channel QInt8 weights, by
+modelgen.quantize as int8 bundles are).
 Timed in ONNX Runtime with the node's session options (one intra-op thread) at batch 1, in
 interleaved rounds (every model once per round), medians. Ratios are to the fp32 base of the
 same run; the MAC limit of a ratio is base total MACs / sub total MACs (attention included),

@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as paho
 import yaml
-from bundles import random_bundle
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bundles import random_bundle
 from edvit import media, topics
 from edvit.bundle import load_bundle
 from edvit.config.loader import load_config

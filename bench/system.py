@@ -35,9 +35,9 @@ import numpy as np
 import paho.mqtt.client as paho
 import torch
 import yaml
-from bundles import random_bundle
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bundles import random_bundle
 from edvit import topics
 from edvit.bundle import load_bundle
 from edvit.demo.brokers import Mosquitto
