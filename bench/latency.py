@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from node_cost import GEOMETRIES, STARTS, node_cost
 
 from edvit.config.recipe import Quantization
 from edvit.onnx import ONNX_INPUT, ONNX_OUTPUTS, ort_session
@@ -48,6 +47,8 @@ from modelgen.quantize import quantize_onnx
 from modelgen.report import pyplot, save_figure
 from modelgen.sizing import MIB, vit_stats
 from modelgen.vit_shape import ViTShape, parse_arch
+
+from node_cost import GEOMETRIES, node_cost
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = 10  # CIFAR-10, as in the paper's ViT-B figures
@@ -210,7 +211,6 @@ def _list(text: str) -> list[str]:
 
 def _node_cost(
     nodes: list[str],
-    starts: list[str],
     broker: str | None,
     steady_s: float,
     log: Callable[[str], None],
@@ -222,9 +222,9 @@ def _node_cost(
         work = Path(tmp)
         if broker is not None:
             host, _, port = broker.rpartition(":")
-            return node_cost(nodes, (host, int(port)), work, log, starts, steady_s)
+            return node_cost(nodes, (host, int(port)), work, log, steady_s)
         with Mosquitto(work / "mosquitto") as private:
-            return node_cost(nodes, (private.host, private.port), work, log, starts, steady_s)
+            return node_cost(nodes, (private.host, private.port), work, log, steady_s)
 
 
 def _plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -265,9 +265,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         "keywords; --tiny: tiny, tiny-audio)",
     )
     parser.add_argument(
-        "--starts", default=",".join(STARTS), help="--node-cost: comma list of cold, warm"
-    )
-    parser.add_argument(
         "--broker", help="--node-cost: this mosquitto (HOST:PORT), not a private one"
     )
     parser.add_argument(
@@ -290,10 +287,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         nodes = _list(args.nodes or default)
         if unknown := [k for k in nodes if k not in GEOMETRIES]:
             parser.error(f"--nodes: unknown {unknown}; use {', '.join(GEOMETRIES)}")
-        starts = _list(args.starts)
-        if not starts or [s for s in starts if s not in STARTS]:
-            parser.error(f"--starts: {args.starts!r}; use a comma list of {', '.join(STARTS)}")
-        report = _node_cost(nodes, starts, args.broker, args.steady, log)
+        report = _node_cost(nodes, args.broker, args.steady, log)
         print(json.dumps(report))
         out = args.out or results_dir / "node_cost.json"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,29 +5,28 @@ sub-model, fed by a file source that needs no hardware (a folder with one image;
 file played as a microphone stream by the `recording` source), against a real mosquitto:
   - ready_s: from just before the process is started to the arrival of its first feature
     message (imports, the bundle's sha256 of its ONNX, the ONNX session, the warm-up —
-    ONNX Runtime's first runs and, for audio, librosa's numba JIT — the broker connection,
+    ONNX Runtime's first runs and, for audio, the mel filter bank — the broker connection,
     and the wait for the first tick, at most one `period_s`); online_s: to its retained
     `online` status, published once connected (everything but the first tick);
   - RSS from /proc/<pid>/status: VmRSS `steady_s` seconds after the first feature, and the
     peak, VmHWM (the kernel's high-water mark over the process's life, start-up included).
-Each node starts twice (STARTS): cold, with an empty numba cache (NUMBA_CACHE_DIR, which
-the systemd unit sets per node), as its first start after an install, and warm, the next.
+Nothing a node loads keeps a cache between starts (the audio front-end is numpy alone,
+`edvit.melspec`; no numba JIT), so each node starts once.
 Geometries: `vit-b`, the ViT-B/16 N = 10 sub-model (2 heads of 64) on 224 px images; for
 audio, `keywords`, the keyword recipe's own base, N and log-mel front-end, and `vit-b-audio`,
 the same ViT-B sub-model on 224 mel bands × 224 frames (one channel), the largest model with
-librosa beside it; `tiny` and `tiny-audio` for the test.
+the audio front-end beside it; `tiny` and `tiny-audio` for the test.
 Goals (issue 12): peak RSS ≤ 250 MB, ready ≤ 10 s on this machine.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,6 @@ import paho.mqtt.client as paho
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bundles import random_bundle
 from edvit import media, topics
 from edvit.bundle import load_bundle
 from edvit.config.loader import load_config
@@ -46,13 +44,11 @@ from edvit.preprocess import AudioPreprocess, ImagePreprocess
 from modelgen.sizing import MIB
 from modelgen.vit_shape import parse_arch
 
+from bundles import random_bundle
+
 ROOT = Path(__file__).resolve().parent.parent
 SITE = "nodecost"
 PERIOD_S = 0.1  # the first tick comes at most this long after the node is up
-STARTS = ("cold", "warm")
-"""cold: an empty numba cache, as a node's first start after `edvit install` (librosa's
-kernels compile); warm: the next start, with the cache the cold one left (a start without a
-cold one before it in the same run uses the environment's own cache)."""
 GOAL_RSS_MB = 250.0
 GOAL_READY_S = 10.0
 KEYWORDS = ROOT / "config" / "modelgen" / "keywords.yaml"
@@ -84,7 +80,7 @@ GEOMETRIES: dict[str, Callable[[], Geometry]] = {
         "vit_base_patch16_224", 10, 10, ImagePreprocess(height=224, width=224, channels=3)
     ),
     # the same sub-model on 224 mel bands × 224 frames of 1 s (one channel): the biggest
-    # model with librosa beside it
+    # model with the audio front-end beside it
     "vit-b-audio": lambda: Geometry(
         "vit:img=224,patch=16,chans=1,embed=768,depth=12,heads=12",
         10,
@@ -195,14 +191,11 @@ def measure_node(
     work: Path,
     node: str,
     *,
-    numba_cache: Path | None = None,
     period_s: float = PERIOD_S,
     steady_s: float = 5.0,
     timeout_s: float = 120.0,
 ) -> dict[str, Any]:
-    """Start `edge-node run` hosting the bundle's first sub-model; its start-up time and RSS.
-    `numba_cache` is its NUMBA_CACHE_DIR, as the systemd unit gives each node one (None:
-    the environment's own, librosa's __pycache__ unless set)."""
+    """Start `edge-node run` hosting the bundle's first sub-model; its start-up time and RSS."""
     sub = load_bundle(bundle, verify=False).manifest.submodels[0]
     host, port = broker
     site = {
@@ -215,14 +208,11 @@ def measure_node(
     config.write_text(yaml.safe_dump(site))
     edge_node = str(Path(sys.executable).parent / "edge-node")
     cmd = [edge_node, "run", "--bundle", str(bundle), "--config", str(config), "--node", node]
-    env = dict(os.environ)
-    if numba_cache is not None:
-        env["NUMBA_CACHE_DIR"] = str(numba_cache)
     load = list(os.getloadavg())  # the other jobs the node shares the cores with
     watch = _Watch(host, port, node, sub.id)
     try:
         started = time.monotonic()
-        proc = subprocess.Popen([*cmd, "--log-level", "WARNING"], stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen([*cmd, "--log-level", "WARNING"], stdin=subprocess.DEVNULL)
         try:
             while not watch.first_feature.wait(0.05):
                 if proc.poll() is not None:
@@ -258,11 +248,9 @@ def node_cost(
     broker: tuple[str, int],
     work: Path,
     log: Callable[[str], None],
-    starts: Sequence[str] = STARTS,
     steady_s: float = 5.0,
 ) -> dict[str, Any]:
-    """Build each geometry's bundle and start its node once per start kind (STARTS); the rows
-    and the goals."""
+    """Build each geometry's bundle and start its node; the rows and the goals."""
     rows: dict[str, Any] = {}
     load_at_start = list(os.getloadavg())
     for key in keys:
@@ -280,19 +268,13 @@ def node_cost(
         source = _source(geo.preprocess, work / key)
         row: dict[str, Any] = {"arch": geo.arch, "n": geo.n, "classes": geo.classes}
         row |= describe(bundle, source)
-        cache = work / key / "numba-cache"
-        for start in starts:
-            if start == "cold":
-                shutil.rmtree(cache, ignore_errors=True)
-                cache.mkdir(parents=True)
-            own = cache if "cold" in starts else None
-            row[start] = measure_node(
-                bundle, source, broker, work, f"node-{key}", numba_cache=own, steady_s=steady_s
-            )
-            log(f"node cost {key} {start}: {row[start]}")
-        peak_mb = max(row[s]["rss_peak_mib"] for s in starts) * MIB / 1e6
-        row["goals"] = {"rss_le_250_mb": peak_mb <= GOAL_RSS_MB} | {
-            f"ready_le_10_s_{s}": row[s]["ready_s"] <= GOAL_READY_S for s in starts
+        row["start"] = start = measure_node(
+            bundle, source, broker, work, f"node-{key}", steady_s=steady_s
+        )
+        log(f"node cost {key}: {start}")
+        row["goals"] = {
+            "rss_le_250_mb": start["rss_peak_mib"] * MIB / 1e6 <= GOAL_RSS_MB,
+            "ready_le_10_s": start["ready_s"] <= GOAL_READY_S,
         }
         rows[key] = row
     return {

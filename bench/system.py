@@ -37,7 +37,6 @@ import torch
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bundles import random_bundle
 from edvit import topics
 from edvit.bundle import load_bundle
 from edvit.demo.brokers import Mosquitto
@@ -45,6 +44,8 @@ from edvit.mqtt import no_delay
 from edvit.preprocess import ImagePreprocess
 from edvit.wire import encode_features
 from modelgen.vit_shape import parse_arch
+
+from bundles import random_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 N, DIM, CLASSES = 10, 128, 10

@@ -47,7 +47,6 @@ from edvit.config import ConfigError
 from edvit.config.site import NodeConfig, SiteConfig, node_submodels
 from edvit.mqtt import Message, MqttClient, MqttError
 from edvit.preprocess import AudioPreprocess, ImagePreprocess, preprocess
-from edvit.preprocess import warm_up_audio as warm_up_audio_frontend
 from edvit.service import ServiceFailedError, StartError, begin_stop, spawn, wait_for_broker
 from edvit.signing import load_site_bundle
 from edvit.stats import LogThrottle
@@ -204,13 +203,11 @@ class EdgeNode:
             raise ConfigError(self.config_source, [f"nodes.{self.node_id}.source: {exc}"]) from None
 
     def _warm_up(self) -> None:
-        """First ORT runs and librosa's numba JIT cost seconds: pay them before READY=1,
-        not on the first live ticks."""
+        """ONNX Runtime's first runs cost seconds: pay them before READY=1, not on the
+        first live ticks (and build the audio front-end's mel filter bank once)."""
         if self.runner is not None:
             self.runner.warm_up()
         if isinstance(self.spec, AudioPreprocess):
-            warm_up_audio_frontend()
-            # and the bundle's own front-end shape (its mel filter bank is built once)
             preprocess(self.spec, np.zeros(self.spec.clip_samples, dtype=np.float32))
 
     def _open_source(self) -> Source:

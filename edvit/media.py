@@ -3,7 +3,7 @@
 One reader for training (`modelgen.datasets`) and for the nodes' replay and relay sources
 (`edge_node.sources`), so a file replayed on a node gives exactly the training sample:
 images HWC uint8 RGB (HWx1 for grayscale), sound mono float32 at the wanted rate.
-OpenCV, soundfile and librosa are imported only by the function that needs them.
+OpenCV, soundfile and soxr are imported only by the function that needs them.
 """
 
 from __future__ import annotations
@@ -81,12 +81,12 @@ def read_image(path: Path) -> UInt8Array:
 
 
 def resample(wave: FloatArray, rate: int, target: int) -> FloatArray:
-    """librosa's default resampler (soxr_hq): band-limited and deterministic."""
+    """soxr's HQ resampler (librosa's default): band-limited and deterministic."""
     if rate == target:
         return wave
-    import librosa
+    import soxr
 
-    out = librosa.resample(wave, orig_sr=rate, target_sr=target)
+    out = soxr.resample(wave, rate, target, quality="soxr_hq")
     return np.ascontiguousarray(out, dtype=np.float32)
 
 

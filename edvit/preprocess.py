@@ -2,8 +2,9 @@
 
 Training (`modelgen`) and the edge nodes call exactly `preprocess` / `preprocess_batch`
 with the spec stored in the bundle manifest, so a node sees the very tensors the model was
-trained on. No torch here (nodes do not install it); OpenCV and librosa are imported only
-by the function that needs them, so an image node never loads librosa and vice versa.
+trained on. No torch here (nodes do not install it); OpenCV is imported only by the image
+path, and the audio path is numpy alone (`edvit.melspec`), so a node loads neither librosa
+nor an audio stack it does not use.
 
 Conventions:
 - Images are HWC (or HW) uint8 in **RGB** channel order, as every loader in `modelgen`
@@ -15,7 +16,6 @@ Conventions:
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, overload
@@ -25,6 +25,7 @@ import numpy.typing as npt
 from pydantic import Field, TypeAdapter, model_validator
 
 from edvit.config.base import StrictModel
+from edvit.melspec import mel_filter_bank, power_spectrogram, power_to_db
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -245,18 +246,6 @@ def _channel_stats(spec: ImagePreprocess) -> tuple[FloatArray, FloatArray]:
 # --------------------------------------------------------------------------- audio
 
 
-@functools.lru_cache(maxsize=8)
-def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> FloatArray:
-    """librosa's Slaney mel filter bank, built once per shape (it costs more than an STFT)."""
-    import librosa
-
-    basis: FloatArray = librosa.filters.mel(
-        sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, dtype=np.float32
-    )
-    basis.setflags(write=False)
-    return basis
-
-
 def fix_length(wave: np.ndarray, length: int) -> FloatArray:
     """Centre-crop or symmetrically zero-pad a 1-D waveform to `length` samples."""
     n = wave.shape[0]
@@ -273,8 +262,6 @@ def fix_length(wave: np.ndarray, length: int) -> FloatArray:
 
 def _audio_to_db(spec: AudioPreprocess, wave: np.ndarray) -> FloatArray:
     """Window + log-mel in dB, before mean/std: (1, n_mels, frames) float32."""
-    import librosa
-
     if not isinstance(wave, np.ndarray):
         raise TypeError(f"audio must be a numpy array, got {type(wave).__name__}")
     if wave.ndim != 1:
@@ -287,21 +274,13 @@ def _audio_to_db(spec: AudioPreprocess, wave: np.ndarray) -> FloatArray:
     if not np.all(np.isfinite(wave)):
         raise ValueError("audio contains NaN or infinite samples")
     y = fix_length(wave, spec.clip_samples)
-    stft = librosa.stft(
-        y,
-        n_fft=spec.n_fft,
-        hop_length=spec.hop_length,
-        window=spec.window,
-        center=True,
-        pad_mode="constant",
-    )
-    power = np.abs(stft) ** 2
+    power = power_spectrogram(y, spec.n_fft, spec.hop_length, spec.window)
     fmax = spec.fmax if spec.fmax is not None else spec.sample_rate / 2
-    basis = _mel_basis(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, fmax)
+    basis = mel_filter_bank(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, fmax)
     # Not `basis @ power`: for a product this small, multi-threaded BLAS spends its time
     # waking threads, and on a busy 2-core box it measured 24 ms instead of 0.4 ms here.
     mel = np.einsum("mf,ft->mt", basis, power, optimize=False)
-    db = librosa.power_to_db(mel, ref=1.0, amin=spec.amin, top_db=spec.top_db)
+    db = power_to_db(mel, amin=spec.amin, top_db=spec.top_db)
     out: FloatArray = np.asarray(db, dtype=np.float32)
     frames = spec.frames
     if out.shape[1] > frames:
@@ -314,13 +293,6 @@ def _audio_to_db(spec: AudioPreprocess, wave: np.ndarray) -> FloatArray:
         padded[:, left : left + out.shape[1]] = out
         out = padded
     return out[None, :, :]
-
-
-def warm_up_audio() -> None:
-    """Run the audio front-end once so librosa's numba kernels compile now, not on the
-    first live window (seconds of JIT that would miss a node's first ticks)."""
-    spec = AudioPreprocess()
-    preprocess(spec, np.zeros(spec.clip_samples, dtype=np.float32))
 
 
 # --------------------------------------------------------------------------- public API

@@ -12,8 +12,9 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from broker import Mosquitto, mosquitto_binary
 from hypothesis import HealthCheck, settings
+
+from broker import Mosquitto, mosquitto_binary
 
 settings.register_profile(
     "default",

@@ -25,6 +25,14 @@ import msgpack
 import numpy as np
 import pytest
 import yaml
+
+from edvit import topics
+from edvit.bundle import load_bundle
+from edvit.demo.brokers import BrokerProcess
+from edvit.fusion import NumpyFusionMLP, softmax
+from edvit.preprocess import parse_preprocess, preprocess_batch
+from edvit.wire import encode_features
+
 from broker import (
     Mosquitto,
     ProvisionedMosquitto,
@@ -35,13 +43,6 @@ from broker import (
     provision,
 )
 from tiny import build_bundle, tiny_digits
-
-from edvit import topics
-from edvit.bundle import load_bundle
-from edvit.demo.brokers import BrokerProcess
-from edvit.fusion import NumpyFusionMLP, softmax
-from edvit.preprocess import parse_preprocess, preprocess_batch
-from edvit.wire import encode_features
 
 BIN = Path(sys.executable).parent
 SITE = "t1"

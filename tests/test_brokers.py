@@ -13,12 +13,13 @@ import struct
 from collections.abc import Iterator
 
 import pytest
-from broker import Subscriber
 
 from edvit import topics
 from edvit.config.site import BrokerConfig
 from edvit.demo.brokers import Amqtt, BrokerProcess, Mosquitto, mosquitto_binary
 from edvit.mqtt import Message, MqttClient
+
+from broker import Subscriber
 
 
 @pytest.fixture(params=["mosquitto", "amqtt"])

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+
 from tiny import tiny_digits, tiny_keywords_data
 
 BIN = Path(sys.executable).parent

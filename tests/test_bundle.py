@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from blocker import run_blocked
 from timm.models.vision_transformer import VisionTransformer
 
 from edvit.bundle import (
@@ -49,6 +48,8 @@ from modelgen.fusion_model import TorchFusionMLP
 from modelgen.model import ModelConfig, build_vit, features_and_logits
 from modelgen.planning.plan import make_plan
 from modelgen.vit_shape import parse_arch
+
+from blocker import run_blocked
 
 BASE = "vit:img=8,patch=2,chans=1,embed=32,depth=1,heads=2"
 CLASSES = ["zero", "one", "two", "three", "four"]

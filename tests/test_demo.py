@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from broker import mosquitto_binary
 from tiny import BACKGROUND, tiny_keywords_data
 

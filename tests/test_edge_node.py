@@ -23,8 +23,6 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from broker import Mosquitto, Subscriber, free_port, mosquitto_binary
-from tiny import build_bundle, tiny_digits
 
 from edge_node.sources import decode_jpeg, encode_jpeg
 from edge_node.tick import TickSchedule
@@ -32,6 +30,9 @@ from edvit.bundle import load_bundle
 from edvit.media import read_image
 from edvit.preprocess import parse_preprocess, preprocess
 from edvit.wire import FeatureMessage, decode_features, decode_frame
+
+from broker import Mosquitto, Subscriber, free_port, mosquitto_binary
+from tiny import build_bundle, tiny_digits
 
 BIN = Path(sys.executable).parent
 SITE = "n1"

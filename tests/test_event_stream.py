@@ -32,14 +32,15 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from broker import Mosquitto, Subscriber
-from tiny import BACKGROUND, build_bundle, tiny_digits, tiny_keywords_data
 
 from aggregator.fusion import Fuser
 from edge_node.runner import SubmodelRunner
 from edvit import media, topics
 from edvit.bundle import Bundle, load_bundle
 from edvit.preprocess import AudioPreprocess, preprocess
+
+from broker import Mosquitto, Subscriber
+from tiny import BACKGROUND, build_bundle, tiny_digits, tiny_keywords_data
 
 pytestmark = pytest.mark.slow
 

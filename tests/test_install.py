@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from broker import Mosquitto, Subscriber
-from tiny import build_bundle, tiny_digits
 
 from edvit.bundle import DIR_MODE, FILE_MODE
+
+from broker import Mosquitto, Subscriber
+from tiny import build_bundle, tiny_digits
 
 pytestmark = pytest.mark.slow
 

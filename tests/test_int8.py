@@ -13,11 +13,12 @@ import numpy as np
 import onnx
 import pytest
 import yaml
-from tiny import tiny_digits
 
 from edvit.bundle import Precision, load_bundle
 from edvit.config.recipe import ExportSpec, Quantization
 from modelgen.quantize import QuantizationError, feature_error, quantize_onnx, verify_quantized
+
+from tiny import tiny_digits
 
 BIN = Path(sys.executable).parent
 RECIPE = tiny_digits(

@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-from broker import Mosquitto, Subscriber, free_port
 
 from edvit.config.site import BrokerConfig
 from edvit.mqtt import AuthError, IdentityError, Message, MqttClient, MqttError
+
+from broker import Mosquitto, Subscriber, free_port
 
 STATUS = "edvit/t/aggregator/status"
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
+from edvit import melspec
 from edvit.preprocess import (
     AudioPreprocess,
     ImagePreprocess,
@@ -18,14 +19,9 @@ from edvit.preprocess import (
     parse_preprocess,
     preprocess,
     preprocess_batch,
-    warm_up_audio,
 )
 
-
-@pytest.fixture(scope="session")
-def audio_ready() -> None:
-    """Compile librosa's numba kernels once for the whole session."""
-    warm_up_audio()
+from blocker import run_blocked
 
 
 @pytest.fixture(scope="session")
@@ -161,7 +157,6 @@ def test_fix_length_centres() -> None:
     np.testing.assert_array_equal(fix_length(np.ones(2, dtype=np.float32), 5), [0, 1, 1, 0, 0])
 
 
-@pytest.mark.usefixtures("audio_ready")
 def test_audio_word_differs_from_silence_and_is_deterministic(spoken_yes: np.ndarray) -> None:
     spec = AudioPreprocess(n_frames=96)
     word = preprocess(spec, spoken_yes)
@@ -176,7 +171,6 @@ def test_audio_word_differs_from_silence_and_is_deterministic(spoken_yes: np.nda
     np.testing.assert_array_equal(preprocess(spec, spoken_yes.astype(np.float64)), word)
 
 
-@pytest.mark.usefixtures("audio_ready")
 def test_audio_matches_librosa_melspectrogram(spoken_yes: np.ndarray) -> None:
     import librosa
 
@@ -196,7 +190,6 @@ def test_audio_matches_librosa_melspectrogram(spoken_yes: np.ndarray) -> None:
     np.testing.assert_allclose(preprocess(spec, spoken_yes)[0], want, atol=1e-3)
 
 
-@pytest.mark.usefixtures("audio_ready")
 def test_audio_loudness_is_absolute_not_per_clip(spoken_yes: np.ndarray) -> None:
     """Halving the amplitude lowers every loud bin by 6 dB (a per-clip reference would not)."""
     spec = AudioPreprocess(mean=0.0, std=1.0)
@@ -206,7 +199,6 @@ def test_audio_loudness_is_absolute_not_per_clip(spoken_yes: np.ndarray) -> None
     np.testing.assert_allclose(loud[mask] - quiet[mask], 20 * np.log10(2), atol=0.05)
 
 
-@pytest.mark.usefixtures("audio_ready")
 def test_audio_bad_inputs_and_fit(spoken_yes: np.ndarray) -> None:
     spec = AudioPreprocess()
     with pytest.raises(ValueError, match="1-D"):
@@ -224,3 +216,55 @@ def test_audio_bad_inputs_and_fit(spoken_yes: np.ndarray) -> None:
     assert abs(float(batch.std()) - 1.0) < 1e-4
     with pytest.raises(ValueError, match="no variance"):
         fit_normalization(spec, [np.zeros(100, dtype=np.float32)])
+
+
+@pytest.mark.parametrize("window", ["hann", "hamming", "blackman"])
+@pytest.mark.parametrize(("n_fft", "hop"), [(512, 160), (400, 100), (2048, 71)])
+def test_numpy_stft_and_mel_bank_match_librosa(
+    spoken_yes: np.ndarray, window: melspec.Window, n_fft: int, hop: int
+) -> None:
+    """A node's numpy front-end against librosa, which the workstation trains with."""
+    import librosa
+
+    y = fix_length(spoken_yes, 16000)
+    stft = librosa.stft(y, n_fft=n_fft, hop_length=hop, window=window, pad_mode="constant")
+    want = np.abs(stft) ** 2
+    got = melspec.power_spectrogram(y, n_fft, hop, window)
+    assert got.shape == want.shape
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * float(want.max()))
+    for n_mels, fmin, fmax in ((40, 20.0, 8000.0), (224, 40.0, 7600.0), (16, 0.0, 4000.0)):
+        if n_mels * 4 > n_fft:  # filters narrower than a bin: librosa warns, nobody uses it
+            continue
+        basis = librosa.filters.mel(
+            sr=16000, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, dtype=np.float32
+        )
+        np.testing.assert_allclose(
+            melspec.mel_filter_bank(16000, n_fft, n_mels, fmin, fmax), basis, rtol=1e-5, atol=1e-8
+        )
+
+
+@pytest.mark.parametrize("top_db", [None, 30.0])
+def test_numpy_power_to_db_matches_librosa(top_db: float | None) -> None:
+    import librosa
+
+    power = np.random.default_rng(0).exponential(1e-3, (40, 101)).astype(np.float32)
+    power[:, :10] = 0.0  # digital silence sits on the floor
+    want = librosa.power_to_db(power, ref=1.0, amin=1e-7, top_db=top_db)
+    np.testing.assert_allclose(melspec.power_to_db(power, 1e-7, top_db), want, atol=1e-4)
+
+
+def test_audio_front_end_needs_no_librosa_scipy_or_numba() -> None:
+    """What a microphone node runs every tick, in an interpreter where the librosa stack
+    cannot be imported: it works and never tries to."""
+    code = """
+import numpy as np
+from edvit.preprocess import AudioPreprocess, preprocess
+from edvit.media import resample
+wave = resample(np.random.default_rng(0).standard_normal(44100).astype(np.float32), 44100, 16000)
+print(preprocess(AudioPreprocess(), wave).shape)
+"""
+    run = run_blocked(code, ("librosa", "scipy", "numba"))
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert run.proc.stdout.strip() == "(1, 40, 101)"
+    assert run.attempts == []

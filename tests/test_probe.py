@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-from tiny import build_bundle, tiny_digits
 
 from edge_node.probe import Reading, list_devices, probe, v4l2_cameras
 from edge_node.sources import MicrophoneSource
 from edvit.preprocess import AudioPreprocess
+
+from tiny import build_bundle, tiny_digits
 
 REPO = Path(__file__).resolve().parent.parent
 FAKES = Path(__file__).resolve().parent / "fakes"

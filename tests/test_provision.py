@@ -16,12 +16,13 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 import yaml
-from broker import ProvisionedMosquitto, free_port, mosquitto_binary, passwords, provision
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edvit.config.site import load_site_config
 from edvit.demo.brokers import BrokerProcess
 from edvit.provision import acl_text, broker_conf, mosquitto_hash
+
+from broker import ProvisionedMosquitto, free_port, mosquitto_binary, passwords, provision
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from tiny import build_bundle, tiny_digits
 
 from edge_node.runner import RunnerError, SubmodelRunner, latency_summary
 from edvit.bundle import Bundle, load_bundle
 from edvit.preprocess import preprocess
 from edvit.stats import Window
+
+from tiny import build_bundle, tiny_digits
 
 BIN = Path(sys.executable).parent
 

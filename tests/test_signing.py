@@ -20,8 +20,6 @@ from typing import Any
 
 import pytest
 import yaml
-from broker import Mosquitto, Subscriber
-from tiny import build_bundle, tiny_digits
 
 from edvit import topics
 from edvit.bundle import MANIFEST, BundleError, load_bundle, manifest_digest, sha256_file
@@ -39,6 +37,9 @@ from edvit.signing import (
     sign_bundle,
     verify_signature,
 )
+
+from broker import Mosquitto, Subscriber
+from tiny import build_bundle, tiny_digits
 
 BIN = Path(sys.executable).parent
 SITE = "s1"

@@ -13,7 +13,6 @@ import json
 import pytest
 import timm
 import torch
-from blocker import run_blocked
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from timm.models.vision_transformer import VisionTransformer
@@ -22,6 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from modelgen.model import ModelConfig, build_vit
 from modelgen.sizing import BYTES_PER_PARAM, MIB, count_macs, count_params, vit_stats
 from modelgen.vit_shape import ShapeError, ViTShape, parse_arch
+
+from blocker import run_blocked
 
 torch.set_num_threads(1)
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
-from tiny import BIN, tiny_digits
 
 from modelgen.report import confusion_figure, sweep_figure
+
+from tiny import BIN, tiny_digits
 
 
 def modelgen(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from broker import Mosquitto, mosquitto_binary
 from tiny import tiny_keywords_data
 

@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from broker import Mosquitto, mosquitto_binary
 
 from edvit.config.site import BrokerConfig, TlsConfig
 from edvit.mqtt import MqttClient
 from edvit.service import EXIT_OK, EXIT_TLS, serve, wait_for_broker
 from edvit.tlscheck import tls_problem
+
+from broker import Mosquitto, mosquitto_binary
 
 pytestmark = pytest.mark.skipif(
     mosquitto_binary() is None or shutil.which("openssl") is None,

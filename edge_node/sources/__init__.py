@@ -22,8 +22,8 @@ One module per concern: `base` (the interface, Sample, counters, the audio ring)
 (the newest-frame grab thread of live cameras), `camera` (OpenCV), `picamera` (picamera2),
 `microphone`, `replay` (files), `recording` (a long sound file as a stream), `relay`,
 `jpeg`, and `build` (a source from its site config model). OpenCV is imported at module
-level (every node needs it for images or JPEG relay); sounddevice, librosa and picamera2
-only where used, so an image node never loads PortAudio or numba.
+level (every node needs it for images or JPEG relay); sounddevice, soxr and picamera2
+only where used, so an image node never loads PortAudio or a resampler.
 """
 
 from edge_node.sources.base import (

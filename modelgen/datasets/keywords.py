@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edvit.media import resample
 from modelgen.datasets.room import (
     NO_ROOM,
     RoomSpec,
@@ -268,16 +269,6 @@ def _trim(wave_: FloatArray, rate: int) -> FloatArray:
     return wave_[max(0, loud[0] - margin) : loud[-1] + 1 + margin]
 
 
-def _resample(wave_: FloatArray, rate: int, target: int) -> FloatArray:
-    """soxr's HQ resampler: exactly what librosa.resample runs by default, without
-    importing librosa's numba stack in every worker (seconds per process)."""
-    if rate == target:
-        return wave_
-    import soxr  # type: ignore[import-untyped]  # installed with librosa
-
-    return np.asarray(soxr.resample(wave_, rate, target, quality="soxr_hq"), dtype=np.float32)
-
-
 def make_noise(kind: str, n: int, rate: int, rng: np.random.Generator) -> FloatArray:
     """Unit-RMS background noise: white, pink (1/f), brown (1/f²) or mains hum."""
     if kind == "hum":
@@ -336,7 +327,7 @@ def _utterance(
             spoken, rate = speak(text, full, speed, pitch, amplitude)
         else:
             spoken, rate = speak_festival(text, name, stretch)
-        spoken = _resample(_trim(spoken, rate), round(rate * tape), sample_rate)
+        spoken = resample(_trim(spoken, rate), round(rate * tape), sample_rate)
         if len(spoken) <= MAX_WORD_FRACTION * clip:
             break
         speed, stretch = int(speed * 1.3), stretch / 1.3
