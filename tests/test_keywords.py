@@ -43,7 +43,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
     summary = generate_keywords(
         out, per_word=3, seed=11, words=WORDS, workers=2, heldout_per_word=1
     )
-    corpora = 2 + bool(festival_voices())
+    corpora = 2 + bool(voice_split(english_voices(), festival_voices())["unseen_engine"])
     assert summary.files == 4 * 3 + 4 * (corpora - 1)
     assert list(summary.corpora.values())[:2] == [out, out.with_name("keywords-unseen-voices")]
     return out
@@ -84,7 +84,8 @@ def test_wav_format_and_names(made: Path) -> None:
             assert np.sqrt(np.mean(pcm.astype(float) ** 2)) < 0.1 * 32767
         else:
             assert np.abs(pcm).max() > 1000  # a word, not silence
-            assert drawn["engine"] == "espeak-ng"  # the training corpus: espeak-ng only
+            # the training corpus: espeak-ng and Festival's diphone voices
+            assert drawn["engine"] == "espeak-ng" or drawn["voice"].endswith("_diphone")
     for s in meta["samples"]:
         if s["word"] == UNKNOWN:
             assert s["spoken"] in AUXILIARY  # another word, never a keyword
@@ -108,6 +109,9 @@ def test_held_out_voices_are_in_their_own_corpora(made: Path) -> None:
     split = voice_split(english_voices(), festival_voices())
     assert split["unseen_voices"]  # every 5th espeak-ng voice
     assert not set(split["train"]) & set(split["unseen_voices"])
+    # Festival's diphone voices train; its HTS voice is the engine no model hears
+    assert all(v.endswith("_diphone") for v in split["train"] if v.startswith("festival:"))
+    assert all(v.endswith("_hts") for v in split["unseen_engine"])
     train = json.loads((made / "keywords.json").read_text())
     assert {f"{s['engine']}:{s['voice']}" for s in train["samples"] if s["voice"]} <= set(
         split["train"]
