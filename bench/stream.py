@@ -49,12 +49,12 @@ from edvit.demo.keywords import Spoken, score_events
 from edvit.fusion import NumpyFusionMLP
 from edvit.preprocess import AudioPreprocess, preprocess
 from modelgen.report import pyplot, save_figure
+from modelgen.streams import make_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = "stream"
 NODE = "mic"
 PERIOD_S = 0.25
-GAP_S = (5.0, 25.0)  # seconds of background between keywords
 
 
 def _clips(data: Path, listing: Path | None, classes: list[str]) -> dict[str, list[Path]]:
@@ -74,31 +74,21 @@ def _clips(data: Path, listing: Path | None, classes: list[str]) -> dict[str, li
 def make_recording(
     bundle: Bundle, clips: dict[str, list[Path]], minutes: float, path: Path, seed: int
 ) -> list[Spoken]:
-    """Write the recording (mono float WAV at the bundle's rate); where each keyword is."""
+    """Write the recording (mono float WAV at the bundle's rate, modelgen.streams's
+    make_stream: what `modelgen build` calibrates on, from other clips); where each keyword
+    is."""
     spec = _audio(bundle)
     rate, clip = spec.sample_rate, spec.clip_samples
-    background = [p for c in bundle.manifest.background_classes for p in clips[c]]
-    words = {c: clips[c] for c in bundle.manifest.event_classes if clips[c]}
-    if not background or not words:
+    background = [
+        media.read_wav(p, rate) for c in bundle.manifest.background_classes for p in clips[c]
+    ]
+    words = {c: [media.read_wav(p, rate) for p in clips[c]] for c in bundle.manifest.event_classes}
+    if not background or not any(words.values()):
         raise SystemExit("need clips of the background classes and of the keywords")
-    rng = np.random.default_rng(seed)
-    pieces: list[np.ndarray] = []
-    keywords: list[Spoken] = []
-    length = 0
-    total = int(minutes * 60 * rate)
-    next_word = rng.uniform(*GAP_S) * rate
-    while length < total:
-        if length >= next_word:
-            label = list(words)[int(rng.integers(len(words)))]
-            source = words[label][int(rng.integers(len(words[label])))]
-            keywords.append(Spoken(label, length / rate, (length + clip) / rate))
-            next_word = length + clip + rng.uniform(*GAP_S) * rate
-        else:
-            source = background[int(rng.integers(len(background)))]
-        wave = media.read_wav(source, rate)[:clip]
-        pieces.append(np.pad(wave, (0, clip - len(wave))))
-        length += clip
-    media.write_wav(path, np.concatenate(pieces), rate)
+    wave, keywords = make_stream(
+        background, words, minutes * 60, clip, rate, np.random.default_rng(seed)
+    )
+    media.write_wav(path, wave, rate)
     return keywords
 
 

@@ -243,6 +243,21 @@ class EventTiming(StrictModel):
     )
 
 
+class StreamValidation(StrictModel):
+    """The validation stream the event rules were calibrated on, and what they gave on it."""
+
+    hours: float = Field(ge=0, description="Length of the stream.")
+    period_s: float = Field(gt=0, description="Its tick period: the site should run the same.")
+    target_per_hour: float = Field(gt=0, description="False accepts per hour aimed at.")
+    keywords: int = Field(ge=0, description="Keywords in the stream.")
+    hits: int = Field(ge=0, description="Keywords with an event of their word in time.")
+    false_accepts: int = Field(ge=0, description="Every other event.")
+    by_patience: dict[str, float] = Field(
+        default_factory=dict,
+        description="Patience tried → hit rate at the thresholds calibrated for it.",
+    )
+
+
 class EventsEntry(EventTiming):
     """How the aggregator turns fused results into events (site config may override each)."""
 
@@ -258,6 +273,11 @@ class EventsEntry(EventTiming):
         lt=1,
         description="The per-tick false-accept rate on validation data the thresholds were "
         "calibrated for; null: not calibrated.",
+    )
+    stream: StreamValidation | None = Field(
+        default=None,
+        description="Set when the thresholds and patience were calibrated on a stream of "
+        "validation clips: what that stream gave at them.",
     )
 
 

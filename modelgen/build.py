@@ -38,7 +38,12 @@ from edvit.config import DevicesFile, load_config
 from edvit.config.recipe import ExportSpec, Grouping, PruneMethod, Recipe
 from edvit.fusion import hidden_size, softmax
 from edvit.plan import SubmodelPlan
-from edvit.preprocess import fit_normalization, parse_preprocess, preprocess_batch
+from edvit.preprocess import (
+    AudioPreprocess,
+    fit_normalization,
+    parse_preprocess,
+    preprocess_batch,
+)
 from edvit.signing import SIGNATURE, remove_signature, sign_bundle
 from modelgen.cache import StageCache, content_key
 from modelgen.calibration import calibrate_thresholds
@@ -456,17 +461,30 @@ def _stage_fusion(
 
 
 def _events(
-    recipe: Recipe, subs: Sequence[Sub], fusion: TorchFusionMLP, data: Prepared, log: Log
+    ws: Workspace, subs: Sequence[Sub], fusion: TorchFusionMLP, data: Prepared
 ) -> EventsEntry:
     """The manifest's event rules, thresholds calibrated on the fused model's validation
-    predictions (one batched forward pass; none without validation data)."""
+    predictions: per clip (one batched forward pass), or on a stream of the validation
+    clips (`events.stream`, modelgen.stream_events); none without validation data."""
+    recipe, log = ws.recipe, ws.log
     spec = recipe.events
     rules = {"patience": spec.patience, "refractory_s": spec.refractory_s}
     if not len(data.y["val"]):
         log("events: no validation data, thresholds not calibrated")
         return EventsEntry(**rules)
-    feats = np.concatenate([_features(s, data.x["val"]) for s in subs], axis=1)
-    probs = softmax(predict(fusion, feats))
+
+    def fused(x: Inputs) -> np.ndarray:
+        feats = np.concatenate([_features(s, x) for s in subs], axis=1)
+        return softmax(predict(fusion, feats))
+
+    front_end = parse_preprocess(data.preprocess)
+    if spec.stream is not None and isinstance(front_end, AudioPreprocess):
+        from edvit.config.dataset import SplitRecord
+        from modelgen.stream_events import stream_events
+
+        record = SplitRecord.model_validate(data.split["record"])
+        return stream_events(recipe, ws.recipe_dir, record, data.classes, front_end, fused, log)
+    probs = fused(data.x["val"])
     thresholds = calibrate_thresholds(
         probs,
         data.y["val"],
@@ -531,7 +549,7 @@ def build(
     log(f"plan: heads {[s.heads for s in plan.submodels]}, total {plan.total_mib:.2f} MiB")
     subs = [train_submodel(ws, base, data, sp) for sp in plan.submodels]
     fusion = _stage_fusion(recipe, subs, data, ws.cache, log)
-    events = _events(recipe, subs, fusion, data, log)
+    events = _events(ws, subs, fusion, data)
 
     log("export: ONNX + safetensors, parity-checked")
     manifest = _export(recipe, ws.shape, data, base, plan, subs, fusion, out)

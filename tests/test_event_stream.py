@@ -66,6 +66,7 @@ RECIPE = tiny_digits(
     pruning={"samples": 16},
     distill={"epochs": 30, "batch_size": 8, "lr": 0.003, "label_smoothing": 0.0, "augment": False},
     fusion={"epochs": 60},
+    events={"stream": {"hours": 0.1, "target_per_hour": 20.0, "patience": [1, 2]}},
 )  # fmt: skip
 
 
@@ -92,6 +93,24 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
         root / "words", per_word=40, seed=0, words=WORDS, workers=1, heldout_per_word=1
     )
     return load_bundle(build_bundle(root, RECIPE))
+
+
+def test_build_calibrates_the_event_rules_on_a_validation_stream(bundle: Bundle) -> None:
+    """`events.stream`: thresholds and patience from 6 minutes of validation clips heard as
+    a node hears them, and what they gave there, in the manifest."""
+    events = bundle.manifest.events
+    assert events.stream is not None
+    assert events.target_far is None  # not the per-clip calibration
+    assert set(events.thresholds) == set(WORDS)  # background classes never fire
+    assert all(0.5 <= t <= 1.0 for t in events.thresholds.values())  # min_threshold 0.5
+    assert events.patience in (1, 2)
+    assert set(events.stream.by_patience) == {"1", "2"}
+    best = max(events.stream.by_patience.values())
+    assert events.stream.by_patience[str(events.patience)] == best
+    assert events.stream.hits / events.stream.keywords == best
+    assert events.stream.keywords >= 0.1 * 3600 / 27  # a keyword every 5-25 s (+ its 1 s)
+    assert events.stream.hours == pytest.approx(0.1, abs=0.01)
+    assert events.stream.period_s == PERIOD
 
 
 class Offline:

@@ -7,6 +7,7 @@ reproduce a bundle, and each build stage can be cached by the part of the recipe
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import Field, model_validator
 
@@ -129,8 +130,45 @@ class FusionSpec(StrictModel):
     weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay.")
 
 
+class StreamCalibration(StrictModel):
+    """Thresholds (and patience) calibrated on a stream of validation clips, as a microphone
+    node hears it, for a number of false accepts per hour (audio recipes)."""
+
+    hours: float = Field(
+        default=2.0,
+        gt=0,
+        le=24,
+        description="Length of the stream: background clips back to back and a keyword every "
+        "5-25 s, all drawn from the validation split.",
+    )
+    target_per_hour: float = Field(
+        default=1.0,
+        gt=0,
+        description="False accepts per hour over all classes; each class gets an equal share.",
+    )
+    period_s: float = Field(
+        default=0.25,
+        gt=0,
+        le=60,
+        description="The tick period the site runs (tick.period_s): one window per tick.",
+    )
+    patience: list[Annotated[int, Field(ge=1)]] = Field(
+        default=[1, 2, 3],
+        min_length=1,
+        description="Patience values tried; the one with the most hits on the stream at the "
+        "calibrated thresholds goes to the manifest (the lowest of equals), replacing "
+        "events.patience.",
+    )
+
+
 class EventsSpec(EventTiming):
     """The event rules written to the manifest (the site config may override each)."""
+
+    stream: StreamCalibration | None = Field(
+        default=None,
+        description="Calibrate on a stream of validation clips (audio) instead of on clips "
+        "one at a time; null: per clip, for target_far.",
+    )
 
     target_far: float = Field(
         default=0.01,
@@ -216,3 +254,15 @@ class Recipe(StrictModel):
         description="Hold the preprocessed splits in memory up to this size (float32); a "
         "bigger dataset is preprocessed batch by batch on every pass instead.",
     )
+
+    @model_validator(mode="after")
+    def _check_stream_calibration(self) -> Recipe:
+        if self.events.stream is not None:
+            if self.preprocess.kind != "audio":
+                raise ValueError("events.stream: stream calibration needs an audio preprocess")
+            if not self.dataset.background_classes:
+                raise ValueError(
+                    "events.stream: a stream is background clips between keywords; "
+                    "name dataset.background_classes"
+                )
+        return self
