@@ -18,6 +18,7 @@ raises out of the worker and never holds up other ticks.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import threading
 import time
@@ -31,7 +32,7 @@ from aggregator.events import Counts, EventDetector, event_rules
 from aggregator.fusion import Fuser
 from aggregator.inbox import FairInbox
 from edvit import sdnotify, topics
-from edvit.bundle import MANIFEST, Bundle, BundleError
+from edvit.bundle import MANIFEST, Bundle, BundleError, Manifest
 from edvit.config.site import SiteConfig, feature_senders
 from edvit.ids import IdError
 from edvit.jsonfmt import compact_json
@@ -100,6 +101,19 @@ class Aggregator:
 
     # --- life cycle ---------------------------------------------------------------------------
 
+    def _check_calibration_period(self, manifest: Manifest) -> None:
+        """Stream-calibrated rules count ticks: at another tick period their patience spans
+        another time and their thresholds met other windows. Say so; the site may mean it."""
+        stream = manifest.events.stream
+        period = self.cfg.tick.period_s
+        if stream is not None and not math.isclose(stream.period_s, period):
+            log.warning(
+                "the bundle's event rules were calibrated at tick.period_s %g s; this site "
+                "ticks every %g s, so their false-accept rate was not measured here",
+                stream.period_s,
+                period,
+            )
+
     def start(self, connect_timeout: float | None = None) -> None:
         """Bring the service up, one step at a time; stop() undoes whatever was done."""
         self.bundle = self._load_bundle()
@@ -108,6 +122,7 @@ class Aggregator:
         self.aligner = self._make_aligner(self.bundle)
         if self.cfg.aggregator.events.enabled:
             rules = event_rules(self.bundle.manifest, self.cfg.aggregator.events)
+            self._check_calibration_period(self.bundle.manifest)
             self.events = EventDetector(rules, self.cfg.site)
             self.counts = Counts(rules.thresholds, started=round(self._clock(), 3))
             try:

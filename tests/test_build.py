@@ -142,6 +142,12 @@ def test_recipe_errors_name_the_key(tmp_path: Path) -> None:
         assert proc.returncode == 2
         assert message in proc.stderr
         assert "Traceback" not in proc.stderr
+    # a stream is heard by a microphone: stream calibration of an image recipe is an error
+    streamed = dict(TINY, events={"stream": {"hours": 1.0}})
+    proc = run("modelgen", "build", str(write_recipe(tmp_path / "s.yaml", streamed)), "--out",
+               str(tmp_path / "o"), check=False)  # fmt: skip
+    assert proc.returncode == 2
+    assert "events.stream: stream calibration needs an audio preprocess" in proc.stderr
 
 
 def test_preprocessing_per_batch_builds_the_same_bundle(

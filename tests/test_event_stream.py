@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from edvit.bundle import Bundle, load_bundle
 from edvit.preprocess import AudioPreprocess, preprocess
 
 from broker import Mosquitto, Subscriber
+from procs import stop_all
 from tiny import BACKGROUND, build_bundle, tiny_digits, tiny_keywords_data
 
 pytestmark = pytest.mark.slow
@@ -207,16 +207,7 @@ class Processes:
 
     def close(self) -> dict[str, int]:
         """SIGTERM each, SIGKILL what is left after 15 s; name → exit status."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_all(self.procs.values())
         return {name: proc.returncode for name, proc in self.procs.items()}
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import pytest
 import yaml
 
 from broker import Mosquitto, mosquitto_binary
+from procs import stop_all
 from tiny import tiny_keywords_data
 
 BIN = Path(sys.executable).parent
@@ -308,16 +308,7 @@ class Site:
 
     def close(self) -> None:
         """SIGTERM every process, SIGKILL what is left after 15 s (idempotent)."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_all(self.procs.values())
 
 
 @pytest.fixture
