@@ -47,6 +47,7 @@ from edvit.preprocess import (
 from edvit.signing import SIGNATURE, remove_signature, sign_bundle
 from modelgen.cache import StageCache, content_key
 from modelgen.calibration import calibrate_thresholds
+from modelgen.datasets.base import Dataset
 from modelgen.distill import distill
 from modelgen.export import (
     base_entry,
@@ -154,6 +155,32 @@ def _check_shape(recipe: Recipe) -> ViTShape:
     return shape
 
 
+def _stream_windows(
+    recipe: Recipe, dataset: Dataset, train: np.ndarray
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """`dataset.stream_windows` windows across pairs of training clips and their labels
+    (none for images or 0); drawn from the split's seed, which the data key holds."""
+    count = getattr(recipe.dataset, "stream_windows", 0)
+    spec = recipe.preprocess
+    if not count or dataset.sample_rate is None or not isinstance(spec, AudioPreprocess):
+        return [], np.zeros(0, dtype=np.int64)
+    from modelgen.streams import splice_windows
+
+    background = set(recipe.dataset.background_classes)
+    keywords = frozenset(c for c, name in enumerate(dataset.classes) if name not in background)
+    clip = spec.clip_samples
+    windows, labels = splice_windows(
+        [dataset.samples[i] for i in train],
+        [int(dataset.labels[i]) for i in train],
+        keywords,
+        count,
+        clip,
+        dataset.sample_rate,
+        np.random.default_rng([recipe.dataset.split.seed, 0x5714CE]),
+    )
+    return windows, np.asarray(labels, dtype=np.int64)
+
+
 def _stage_data(ws: Workspace) -> Prepared:
     from edvit.config.dataset import SplitRecord
     from modelgen.datasets import load_dataset, split_dataset
@@ -189,6 +216,13 @@ def _stage_data(ws: Workspace) -> Prepared:
             if not lazy:
                 arrays[f"x_{part}"] = preprocess_batch(spec, [dataset.samples[i] for i in idx])
             arrays[f"y_{part}"] = dataset.labels[idx].astype(np.int64)
+        windows, window_labels = _stream_windows(recipe, dataset, split.train)
+        if windows:
+            log(f"data: {len(windows)} training windows across pairs of training clips")
+            if not lazy:
+                extra = preprocess_batch(spec, windows)
+                arrays["x_train"] = np.concatenate([arrays["x_train"], extra])
+            arrays["y_train"] = np.concatenate([arrays["y_train"], window_labels])
         meta = {
             "classes": dataset.classes,
             "preprocess": spec.model_dump(mode="json"),
@@ -213,6 +247,8 @@ def _stage_data(ws: Workspace) -> Prepared:
         spec = parse_preprocess(meta["preprocess"])
         for part in PARTS:
             x[part] = LazyInputs(spec, [dataset.samples[i] for i in split.part(part)])
+        windows, _ = _stream_windows(recipe, dataset, split.train)
+        x["train"] = LazyInputs(spec, [*(dataset.samples[i] for i in split.train), *windows])
     else:
         x = {p: arrays[f"x_{p}"] for p in PARTS}
     sizes = {p: len(arrays[f"y_{p}"]) for p in PARTS}

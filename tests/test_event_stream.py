@@ -68,6 +68,7 @@ RECIPE = tiny_digits(
     fusion={"epochs": 60},
     events={"stream": {"hours": 0.1, "target_per_hour": 20.0, "patience": [1, 2]}},
 )  # fmt: skip
+RECIPE["dataset"]["stream_windows"] = 40  # windows across two training clips, too
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from modelgen.calibration import (
     calibrate_stream_thresholds,
     stream_figures,
 )
-from modelgen.streams import make_stream, window_ends
+from modelgen.streams import make_stream, splice_windows, window_ends, word_extent
 
 RATE, CLIP = 100, 100  # 1 s clips at 100 Hz: small arrays, the same arithmetic
 
@@ -107,3 +107,44 @@ def test_stream_thresholds_keep_false_accepts_within_the_target() -> None:
     )
     assert at_floor["false_accepts"] == 4
     assert at_floor["false_accepts_per_hour"] == pytest.approx(2.0, abs=1e-3)
+
+
+def test_word_extent_finds_the_loud_part() -> None:
+    rng = np.random.default_rng(0)
+    wave = (rng.standard_normal(16000) * 1e-3).astype(np.float32)
+    wave[4000:9000] += np.sin(np.arange(5000) * 0.3).astype(np.float32) * 0.5
+    start, end = word_extent(wave, 16000)
+    assert abs(start - 4000) <= 160
+    assert abs(end - 9000) <= 160
+
+
+def test_spliced_windows_are_labelled_by_the_words_they_hold() -> None:
+    """Keyword clips hold a tone at a known place, background clips are quiet noise: every
+    window labelled a keyword holds nearly all of its tone, every background one at most a
+    fragment of any, and each window is a piece of two clips side by side."""
+    rate = clip = 1000
+    rng = np.random.default_rng(1)
+    quiet = [(rng.standard_normal(clip) * 1e-3).astype(np.float32) for _ in range(6)]
+    words = []
+    for k in range(6):  # class 2 + k % 2, its tone over [100k + 50, 100k + 450)
+        w = (rng.standard_normal(clip) * 1e-3).astype(np.float32)
+        w[100 * k + 50 : 100 * k + 450] = 0.5 * (1 + k % 2)
+        words.append(w)
+    clips = quiet + words
+    labels = [i % 2 for i in range(6)] + [2 + k % 2 for k in range(6)]
+    xs, ys = splice_windows(clips, labels, frozenset({2, 3}), 300, clip, rate, rng)
+    assert len(xs) == len(ys) == 300
+    assert all(x.shape == (clip,) for x in xs)
+    by = {y: ys.count(y) for y in set(ys)}
+    assert set(by) == {0, 1, 2, 3}  # both keywords and both background classes occur
+    assert by[0] + by[1] > by[2] + by[3]  # most of a stream is background
+    for x, y in zip(xs, ys, strict=True):
+        loud = np.abs(x) > 0.1
+        level = float(np.abs(x[loud]).max()) if loud.any() else 0.0
+        if y in (2, 3):
+            assert 0.9 * 400 <= loud.sum() <= 400  # (nearly) the whole word
+            assert level == (0.5 if y == 2 else 1.0)  # and it is that keyword's word
+        else:
+            assert loud.sum() <= 0.3 * 400 + 1  # at most a fragment of a word
+    with pytest.raises(ValueError, match="keyword clips and background clips"):
+        splice_windows(quiet, [0] * 6, frozenset({2}), 3, clip, rate, rng)

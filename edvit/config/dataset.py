@@ -150,6 +150,22 @@ class _SoundDataset(_DatasetBase):
         description="Rate every file is resampled to (mono mixdown); must equal the audio "
         "preprocessing's sample_rate.",
     )
+    stream_windows: int = Field(
+        default=0,
+        ge=0,
+        description="Extra training samples cut from the training clips as a microphone's "
+        "stream holds them: a window across two clips side by side, labelled the keyword "
+        "whose word it holds whole, or background when it holds at most a fragment of one "
+        "(modelgen.streams.splice_windows). Needs background_classes; 0: none.",
+    )
+
+    @model_validator(mode="after")
+    def _windows_need_background(self) -> _SoundDataset:
+        if self.stream_windows and not self.background_classes:
+            raise ValueError(
+                "stream_windows: name background_classes (what a window without a word is)"
+            )
+        return self
 
 
 class AudioFolderDataset(_SoundDataset):
