@@ -9,7 +9,7 @@ same base and distilled on all classes. At N = 5 it also compares pruning (KL vs
 random init) and grouping (confusion vs contiguous); `--grouping-seeds` repeats the grouping
 comparison over training seeds. Keyword bundles are also evaluated on the voices held out of
 training (`modelgen dataset keywords` writes them beside the training corpus): unseen
-espeak-ng voices, and Festival, an unseen engine. Run on purpose, not in the tests:
+espeak-ng voices, and Festival's HTS voice, an unseen engine. Run on purpose, not in the tests:
 
     .venv/bin/python bench/accuracy.py [--datasets digits keywords] [--ns 1 2 3 5 10]
     .venv/bin/python bench/accuracy.py --grouping-seeds 0 1 2

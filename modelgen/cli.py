@@ -234,7 +234,7 @@ def _cmd_keywords(args: argparse.Namespace) -> None:
     for corpus, folder in made.corpora.items():
         print(f"{corpus}: {folder}")
     if "unseen_engine" not in made.corpora:
-        print("no Festival voices: no unseen-engine corpus was made", file=sys.stderr)
+        print("no Festival HTS voice: no unseen-engine corpus was made", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

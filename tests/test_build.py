@@ -148,6 +148,12 @@ def test_recipe_errors_name_the_key(tmp_path: Path) -> None:
                str(tmp_path / "o"), check=False)  # fmt: skip
     assert proc.returncode == 2
     assert "events.stream: stream calibration needs an audio preprocess" in proc.stderr
+    windows = dict(TINY, **tiny_keywords_data(), events={})
+    windows["dataset"]["stream_windows"] = 10
+    proc = run("modelgen", "build", str(write_recipe(tmp_path / "w.yaml", windows)), "--out",
+               str(tmp_path / "o"), check=False)  # fmt: skip
+    assert proc.returncode == 2
+    assert "dataset.stream_windows: name dataset.background_classes" in proc.stderr
 
 
 def test_preprocessing_per_batch_builds_the_same_bundle(

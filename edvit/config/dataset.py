@@ -159,14 +159,6 @@ class _SoundDataset(_DatasetBase):
         "(modelgen.streams.splice_windows). Needs background_classes; 0: none.",
     )
 
-    @model_validator(mode="after")
-    def _windows_need_background(self) -> _SoundDataset:
-        if self.stream_windows and not self.background_classes:
-            raise ValueError(
-                "stream_windows: name background_classes (what a window without a word is)"
-            )
-        return self
-
 
 class AudioFolderDataset(_SoundDataset):
     """A folder per class of sound files: GTZAN, `modelgen dataset keywords`, or Speech

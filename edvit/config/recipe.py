@@ -257,6 +257,11 @@ class Recipe(StrictModel):
 
     @model_validator(mode="after")
     def _check_stream_calibration(self) -> Recipe:
+        if getattr(self.dataset, "stream_windows", 0) and not self.dataset.background_classes:
+            raise ValueError(
+                "dataset.stream_windows: name dataset.background_classes (what a window "
+                "without a word is)"
+            )
         if self.events.stream is not None:
             if self.preprocess.kind != "audio":
                 raise ValueError("events.stream: stream calibration needs an audio preprocess")
