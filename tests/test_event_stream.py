@@ -261,6 +261,8 @@ def test_two_keywords_in_a_stream_give_exactly_two_events(
         sub.close()
     exits = processes.close()
     assert exits == dict.fromkeys(exits, 0), exits
+    # the site ticks at the period the bundle's rules were calibrated at: no warning
+    assert "were calibrated at" not in (tmp_path / "aggregator.log").read_text()
 
     events = [json.loads(m.payload) for m in sub.seen if m.topic == topics.event(SITE)]
     assert events, "no event at all"
@@ -272,3 +274,25 @@ def test_two_keywords_in_a_stream_give_exactly_two_events(
         assert (e["ticks"], e["site"]) == (1, SITE)
     in_pass = [e for e in events if pass_start <= e["end_ts"] < pass_end]
     assert [e["label"] for e in in_pass] == list(WORDS), (in_pass, placed)
+
+
+def test_the_aggregator_warns_when_the_site_ticks_at_another_period(
+    bundle: Bundle, mosquitto: Mosquitto, tmp_path: Path, processes: Processes
+) -> None:
+    """The bundle's rules were calibrated on a stream ticking every 0.25 s; a site ticking
+    every 0.5 s runs, and is told its false-accept rate was not measured."""
+    media.write_wav(tmp_path / "quiet.wav", np.zeros(RATE, dtype=np.float32), RATE)
+    config = site_config(tmp_path / "site.yaml", bundle, tmp_path / "quiet.wav")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["tick"]["period_s"] = 2 * PERIOD
+    config.write_text(yaml.safe_dump(cfg))
+    cmd = ["run", "--bundle", str(bundle.root), "--config", str(config)]
+    processes.start("aggregator", [str(BIN / "aggregator"), *cmd, "--broker", mosquitto.address])
+    log = tmp_path / "aggregator.log"
+    want = f"calibrated at tick.period_s {PERIOD:g} s; this site ticks every {2 * PERIOD:g} s"
+    deadline = time.monotonic() + 30
+    while want not in log.read_text():
+        processes.check()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    assert processes.close() == {"aggregator": 0}
