@@ -152,6 +152,12 @@ def test_later_runs_reuse_the_bundle_on_amqtt(first_run: tuple[Demo, dict[str, A
     assert demo.leftovers() == []
 
 
+def _ctrl_c_as_a_terminal_sends_it() -> None:
+    """A suite started in the background (`cmd &` in a script) passes SIGINT on ignored, and
+    Python then never raises KeyboardInterrupt: give the demo the disposition Ctrl-C meets."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupt_stops_everything(first_run: tuple[Demo, dict[str, Any], str]) -> None:
     demo, _, _ = first_run
     proc = subprocess.Popen(
@@ -161,6 +167,7 @@ def test_interrupt_stops_everything(first_run: tuple[Demo, dict[str, Any], str])
         stderr=subprocess.PIPE,
         text=True,
         env=demo.env(),
+        preexec_fn=_ctrl_c_as_a_terminal_sends_it,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
