@@ -189,8 +189,11 @@ def _stage_data(ws: Workspace) -> Prepared:
 
     recipe, recipe_dir, cache, log = ws.recipe, ws.recipe_dir, ws.cache, ws.log
 
-    # background classes change no sample: the manifest records them, not the data key
-    dataset_spec = recipe.dataset.model_dump(mode="json", exclude={"background_classes"})
+    # background classes change no sample (the manifest records them, not the data key),
+    # except the labels of stream windows, which say which classes are keywords
+    windowed = bool(getattr(recipe.dataset, "stream_windows", 0))
+    excluded = set() if windowed else {"background_classes"}
+    dataset_spec = recipe.dataset.model_dump(mode="json", exclude=excluded)
     if "root" in dataset_spec:  # resolved, so the bundle can be re-evaluated from anywhere
         dataset_spec["root"] = str((recipe_dir / dataset_spec["root"]).resolve())
     given = sorted({"mean", "std"} & recipe.preprocess.model_fields_set)  # else measured

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -16,6 +19,8 @@ from modelgen.calibration import (
     stream_figures,
 )
 from modelgen.streams import make_stream, splice_windows, window_ends, word_extent
+
+from tiny import BACKGROUND, tiny_digits, tiny_keywords_data
 
 RATE, CLIP = 100, 100  # 1 s clips at 100 Hz: small arrays, the same arithmetic
 
@@ -148,3 +153,33 @@ def test_spliced_windows_are_labelled_by_the_words_they_hold() -> None:
             assert loud.sum() <= 0.3 * 400 + 1  # at most a fragment of a word
     with pytest.raises(ValueError, match="keyword clips and background clips"):
         splice_windows(quiet, [0] * 6, frozenset({2}), 3, clip, rate, rng)
+
+
+def test_stream_windows_join_the_training_split_and_its_cache_key(tmp_path: Path) -> None:
+    """With `stream_windows` the data stage adds that many training samples, and since
+    their labels depend on which classes are background, those classes are in its key
+    (without windows they change no sample, so they are not)."""
+    from edvit.config.recipe import Recipe
+    from modelgen.build import _stage_data, open_workspace
+    from modelgen.datasets.keywords import generate_keywords
+
+    generate_keywords(tmp_path / "words", per_word=4, seed=0, words=("yes", "no"), workers=1)
+    classes = ["yes", "no", "_silence_", "_unknown_"]
+
+    def prepared(background: list[str], windows: int) -> Any:
+        recipe = dict(
+            tiny_digits("w"),
+            **tiny_keywords_data("words", classes, background),
+            model={"arch": "vit:img=16x32,patch=8,chans=1,embed=16,depth=1,heads=2"},
+        )
+        recipe["dataset"]["stream_windows"] = windows
+        ws = open_workspace(Recipe.model_validate(recipe), tmp_path, tmp_path / "cache", print)
+        return _stage_data(ws)
+
+    plain = prepared(BACKGROUND, 0)
+    assert prepared(["_silence_"], 0).key == plain.key
+    windowed = prepared(BACKGROUND, 6)
+    assert len(windowed.y["train"]) == len(plain.y["train"]) + 6
+    assert len(windowed.x["train"]) == len(windowed.y["train"])
+    assert windowed.key != plain.key
+    assert prepared(["_silence_"], 6).key != windowed.key
