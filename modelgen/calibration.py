@@ -70,6 +70,11 @@ class StreamTicks:
     top: np.ndarray  # (T,) int class index
     score: np.ndarray  # (T,) float
 
+    @property
+    def hours(self) -> float:
+        """From the first tick to the last."""
+        return (float(self.ts[-1]) - float(self.ts[0])) / 3600 if len(self.ts) > 1 else 0.0
+
 
 def _class_events(
     ticks: StreamTicks, c: int, label: str, threshold: float, timing: EventTiming
@@ -104,8 +109,7 @@ def calibrate_stream_thresholds(
     `timing`. Higher thresholds can split a run in two, so the search asks every threshold
     above the one it picks to keep within the allowance too."""
     firing = [(c, name) for c, name in enumerate(classes) if name not in background]
-    hours = (float(ticks.ts[-1]) - float(ticks.ts[0])) / 3600 if len(ticks.ts) > 1 else 0.0
-    allowed = math.floor(target_per_hour / max(1, len(firing)) * hours + 1e-9)
+    allowed = math.floor(target_per_hour / max(1, len(firing)) * ticks.hours + 1e-9)
     grid = STREAM_GRID[floor <= STREAM_GRID]
     out: dict[str, float] = {}
     for c, name in firing:
@@ -135,7 +139,7 @@ def stream_figures(
         event = detector.update(k, float(ticks.ts[k]), label, float(ticks.score[k]), True)
         if event is not None:
             events.append((event.label, event.end_ts))
-    hours = (float(ticks.ts[-1]) - float(ticks.ts[0])) / 3600 if len(ticks.ts) > 1 else 0.0
     scored = score_events(events, list(spoken), window_s)
+    hours = ticks.hours
     per_hour = scored["false_accepts"] / hours if hours else None
     return {**scored, "hours": hours, "false_accepts_per_hour": per_hour}

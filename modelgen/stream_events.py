@@ -47,11 +47,13 @@ def validation_stream(
     dataset = load_dataset(recipe.dataset, recipe_dir)
     val = apply_split(record, dataset).part("val")
     background = set(recipe.dataset.background_classes)
-    quiet = [dataset.samples[i] for i in val if dataset.classes[dataset.labels[i]] in background]
+    quiet: list[np.ndarray] = []
     words: dict[str, list[np.ndarray]] = {}
     for i in val:
         name = dataset.classes[dataset.labels[i]]
-        if name not in background:
+        if name in background:
+            quiet.append(dataset.samples[i])
+        else:
             words.setdefault(name, []).append(dataset.samples[i])
     rate, clip = spec.sample_rate, spec.clip_samples
     rng = np.random.default_rng([recipe.seed, 0x5EA])
